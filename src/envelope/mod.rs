@@ -1,0 +1,76 @@
+//! One stable, safe error body for every failure, request ids, and panic catching.
+//!
+//! [`ErrorEnvelopeLayer`] goes outermost. It is the only writer of error bodies:
+//!
+//! - A rejection from a tower-shield layer arrives as a response with an [`Error`](crate::Error) in its
+//!   extensions and is rendered from it: `{"code", "message", "request_id", "details"?}` as
+//!   `application/json`, or RFC 9457 `application/problem+json` when the client's `Accept` asks
+//!   for it (or [`ErrorEnvelopeLayer::format`] says so).
+//! - A gRPC request (`content-type: application/grpc*`) gets a trailers-only response instead:
+//!   HTTP 200 with `grpc-status` and a percent-encoded `grpc-message`.
+//! - A bare error response of the inner service (a router's 404 or 405, a handler's 500) is
+//!   normalised into the same envelope. Its body is dropped, so internal text never reaches the
+//!   client; [`ErrorEnvelopeLayer::keep_client_error_bodies`] lets a service's own 4xx bodies
+//!   through.
+//! - A panic in the inner service becomes a 500 envelope, logged with the request id, instead of
+//!   a dropped connection.
+//! - Every request gets a [`RequestId`]: the client's `X-Request-Id` when it is 1 to 64
+//!   characters of `[A-Za-z0-9._-]`, otherwise a new UUID v4. It is echoed in the response
+//!   header, put in the request extensions and headers for handlers, and recorded in the
+//!   `request` tracing span.
+//!
+//! The public `message` is fixed per [`ErrorKind`](crate::ErrorKind); the internal
+//! [`reason`](crate::Error::reason) is logged, never rendered. Responses of the inner service with an
+//! `Err` (not a response) pass through as errors: axum and tonic services never produce them.
+//!
+//! # Example
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http::{Request, Response, StatusCode};
+//! use http_body_util::{BodyExt, Full};
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower_shield::envelope::ErrorEnvelopeLayer;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let service = ServiceBuilder::new()
+//!     .layer(ErrorEnvelopeLayer::new())
+//!     .service_fn(|_request: Request<Full<Bytes>>| async {
+//!         // A handler that fails with internal text in its body.
+//!         let mut response = Response::new(Full::from("db password is hunter2"));
+//!         *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+//!         Ok::<_, std::convert::Infallible>(response)
+//!     });
+//!
+//! let request = Request::builder().header("x-request-id", "req-1").body(Full::default()).unwrap();
+//! let response = service.oneshot(request).await.unwrap();
+//!
+//! assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+//! assert_eq!(response.headers()["x-request-id"], "req-1");
+//! let body = response.into_body().collect().await.unwrap().to_bytes();
+//! assert_eq!(
+//!     body,
+//!     r#"{"code":"internal","message":"Internal server error","request_id":"req-1"}"#,
+//! );
+//! # }
+//! ```
+
+mod body;
+mod future;
+mod layer;
+pub(crate) mod render;
+mod request_id;
+mod service;
+
+pub use self::{
+    body::ResponseBody,
+    future::ResponseFuture,
+    layer::ErrorEnvelopeLayer,
+    render::{DefaultRender, Format, Render, RenderContext, Rendered},
+    request_id::{MakeRequestId, MakeRequestUuid, RequestId},
+    service::ErrorEnvelope,
+};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,275 @@
+use std::{fmt, sync::Arc};
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue};
+use serde::Serialize;
+
+use super::RequestId;
+use crate::{error::Detail, Error};
+
+/// The body format of an HTTP error response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Format {
+    /// `application/json`: `{"code", "message", "request_id", "details"?}`.
+    Json,
+    /// `application/problem+json` (RFC 9457): `type`, `title`, `status`, `detail`, `instance`,
+    /// plus `code`, `request_id` and `details`.
+    Problem,
+}
+
+impl Format {
+    /// The format a client asks for: [`Format::Problem`] when its `Accept` header lists
+    /// `application/problem+json` (with a non-zero `q`), else [`Format::Json`].
+    ///
+    /// ```
+    /// use http::{header::ACCEPT, HeaderMap};
+    /// use tower_shield::envelope::Format;
+    ///
+    /// let mut headers = HeaderMap::new();
+    /// assert_eq!(Format::negotiate(&headers), Format::Json);
+    /// headers.insert(ACCEPT, "application/problem+json, application/json;q=0.5".parse().unwrap());
+    /// assert_eq!(Format::negotiate(&headers), Format::Problem);
+    /// ```
+    pub fn negotiate(headers: &HeaderMap) -> Self {
+        let wants_problem = headers.get_all(header::ACCEPT).iter().any(|value| {
+            let Ok(value) = value.to_str() else { return false };
+            value.split(',').any(|range| {
+                let mut parts = range.split(';');
+                let media = parts.next().unwrap_or_default().trim();
+                media.eq_ignore_ascii_case("application/problem+json")
+                    && !parts.any(|p| {
+                        let p = p.trim();
+                        p.len() >= 2
+                            && p[..2].eq_ignore_ascii_case("q=")
+                            && p[2..].trim().parse::<f32>().is_ok_and(|q| q <= 0.0)
+                    })
+            })
+        });
+        if wants_problem {
+            Self::Problem
+        } else {
+            Self::Json
+        }
+    }
+}
+
+/// What the envelope knows about the request when it renders an error.
+#[derive(Debug)]
+pub struct RenderContext<'a> {
+    pub(crate) request_id: &'a RequestId,
+    pub(crate) format: Format,
+    pub(crate) path: &'a str,
+}
+
+impl RenderContext<'_> {
+    /// The request id, as echoed in the response header.
+    pub fn request_id(&self) -> &RequestId {
+        self.request_id
+    }
+
+    /// The format the client asked for (or the configured one).
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// The request path, without the query.
+    pub fn path(&self) -> &str {
+        self.path
+    }
+}
+
+/// A rendered error body and its content type.
+#[derive(Clone, Debug)]
+pub struct Rendered {
+    /// The `Content-Type` of the body.
+    pub content_type: HeaderValue,
+    /// The body.
+    pub body: Bytes,
+}
+
+/// Renders the body of an HTTP error response. gRPC errors are not rendered: they become
+/// trailers-only responses.
+///
+/// Implemented for closures `Fn(&Error, &RenderContext<'_>) -> Rendered`. A renderer must not
+/// put [`Error::reason`] in the body: it is for logs.
+///
+/// ```
+/// use http::HeaderValue;
+/// use tower_shield::envelope::{ErrorEnvelopeLayer, RenderContext, Rendered};
+/// use tower_shield::Error;
+///
+/// let layer = ErrorEnvelopeLayer::new().with_render(|error: &Error, cx: &RenderContext<'_>| {
+///     Rendered {
+///         content_type: HeaderValue::from_static("text/plain; charset=utf-8"),
+///         body: format!("{} ({})", error.message(), cx.request_id()).into(),
+///     }
+/// });
+/// # let _ = layer;
+/// ```
+pub trait Render: Clone + Send + Sync + 'static {
+    /// Renders `error`.
+    fn render(&self, error: &Error, cx: &RenderContext<'_>) -> Rendered;
+}
+
+impl<F> Render for F
+where
+    F: Fn(&Error, &RenderContext<'_>) -> Rendered + Clone + Send + Sync + 'static,
+{
+    fn render(&self, error: &Error, cx: &RenderContext<'_>) -> Rendered {
+        self(error, cx)
+    }
+}
+
+/// The default [`Render`]: the JSON envelope, or RFC 9457 problem details.
+///
+/// Problem `type` is `about:blank` (with the status phrase as `title` and the public message as
+/// `detail`) unless [`DefaultRender::problem_type_base`] is set, in which case `type` is the
+/// base followed by the code (e.g. `https://api.example.com/errors/rate_limited`) and `title`
+/// is the public message.
+#[derive(Clone, Default)]
+pub struct DefaultRender {
+    problem_type_base: Option<Arc<str>>,
+}
+
+impl DefaultRender {
+    /// The default renderer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the URI prefix of problem `type`s; the code is appended.
+    pub fn problem_type_base(mut self, base: impl Into<String>) -> Self {
+        self.problem_type_base = Some(base.into().into());
+        self
+    }
+}
+
+impl fmt::Debug for DefaultRender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DefaultRender").field("problem_type_base", &self.problem_type_base).finish()
+    }
+}
+
+impl Render for DefaultRender {
+    fn render(&self, error: &Error, cx: &RenderContext<'_>) -> Rendered {
+        let (content_type, body) = render_json(
+            error,
+            Some(cx.request_id),
+            cx.format,
+            self.problem_type_base.as_deref().unwrap_or(""),
+            cx.path,
+        );
+        Rendered { content_type, body }
+    }
+}
+
+#[derive(Serialize)]
+struct JsonBody<'a> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    details: &'a [Detail],
+}
+
+#[derive(Serialize)]
+struct ProblemBody<'a> {
+    #[serde(rename = "type")]
+    type_: &'a str,
+    title: &'a str,
+    status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'a str>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    instance: &'a str,
+    code: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    details: &'a [Detail],
+}
+
+/// Renders the JSON or problem body. An empty `problem_type_base` means `about:blank`; an empty
+/// `instance` is left out.
+pub(crate) fn render_json(
+    error: &Error,
+    request_id: Option<&RequestId>,
+    format: Format,
+    problem_type_base: &str,
+    instance: &str,
+) -> (HeaderValue, Bytes) {
+    let request_id = request_id.map(RequestId::as_str);
+    let body = match format {
+        Format::Json => serde_json::to_vec(&JsonBody {
+            code: error.code(),
+            message: error.message(),
+            request_id,
+            details: error.details(),
+        }),
+        Format::Problem => {
+            let type_;
+            let (title, detail) = if problem_type_base.is_empty() {
+                type_ = String::from("about:blank");
+                (error.status().canonical_reason().unwrap_or("Error"), Some(error.message()))
+            } else {
+                type_ = format!("{problem_type_base}{}", error.code());
+                (error.message(), None)
+            };
+            serde_json::to_vec(&ProblemBody {
+                type_: &type_,
+                title,
+                status: error.status().as_u16(),
+                detail,
+                instance,
+                code: error.code(),
+                request_id,
+                details: error.details(),
+            })
+        }
+    };
+    let content_type = match format {
+        Format::Json => HeaderValue::from_static("application/json"),
+        Format::Problem => HeaderValue::from_static("application/problem+json"),
+    };
+    // Serializing strings and integers cannot fail.
+    (content_type, Bytes::from(body.unwrap_or_default()))
+}
+
+/// Percent-encodes a `grpc-message` as the gRPC HTTP/2 protocol requires: bytes outside
+/// 0x20..=0x7E, and `%`, become `%XX`.
+pub(crate) fn grpc_message(message: &str) -> HeaderValue {
+    let mut out = String::with_capacity(message.len());
+    for b in message.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    HeaderValue::from_str(&out).expect("percent-encoded text is a valid header value")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_message_is_percent_encoded() {
+        assert_eq!(grpc_message("Too many requests"), "Too many requests");
+        assert_eq!(grpc_message("100% é\n"), "100%25 %C3%A9%0A");
+    }
+
+    #[test]
+    fn negotiation_respects_q_zero() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/problem+json;q=0"));
+        assert_eq!(Format::negotiate(&headers), Format::Json);
+        headers
+            .insert(header::ACCEPT, HeaderValue::from_static("Application/Problem+JSON ; q=0.1"));
+        assert_eq!(Format::negotiate(&headers), Format::Problem);
+        headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        assert_eq!(Format::negotiate(&headers), Format::Json);
+    }
+}

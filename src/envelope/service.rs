@@ -1,0 +1,100 @@
+use std::{
+    panic::{catch_unwind, AssertUnwindSafe},
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http::{header, Request, Response};
+use http_body::Body;
+use tower_service::Service;
+
+use super::{
+    future::{Ctx, ResponseFuture},
+    DefaultRender, ErrorEnvelopeLayer, Format, MakeRequestId, MakeRequestUuid, Render, RequestId,
+    ResponseBody,
+};
+
+/// Renders every error response, assigns request ids and catches panics.
+///
+/// See the [module docs](crate::envelope) for an example.
+#[derive(Clone, Debug)]
+pub struct ErrorEnvelope<S, M = MakeRequestUuid, R = DefaultRender> {
+    inner: S,
+    config: Arc<ErrorEnvelopeLayer<M, R>>,
+}
+
+impl<S> ErrorEnvelope<S> {
+    /// The default [`ErrorEnvelopeLayer`].
+    pub fn layer() -> ErrorEnvelopeLayer {
+        ErrorEnvelopeLayer::new()
+    }
+}
+
+impl<S, M, R> ErrorEnvelope<S, M, R> {
+    /// Wraps `inner` with the configuration of `layer`.
+    pub fn new(inner: S, layer: ErrorEnvelopeLayer<M, R>) -> Self {
+        Self { inner, config: Arc::new(layer) }
+    }
+
+    define_inner_service_accessors!();
+}
+
+impl<S, M, R, ReqBody, ResBody> Service<Request<ReqBody>> for ErrorEnvelope<S, M, R>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body<Data = Bytes>,
+    M: MakeRequestId,
+    R: Render,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, M, R>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let config = &self.config;
+        let sent = request.headers().get(&config.header_name);
+        let request_id =
+            match sent.filter(|_| config.trust_request_id).and_then(RequestId::from_header) {
+                Some(id) => id,
+                None => config.make_request_id.make_request_id(&request),
+            };
+        // Inner services and their logs see the id we answer with, never an unsafe one.
+        request.headers_mut().insert(config.header_name.clone(), request_id.header_value().clone());
+        request.extensions_mut().insert(request_id.clone());
+
+        let grpc = is_grpc(&request);
+        let format = config.format.unwrap_or_else(|| Format::negotiate(request.headers()));
+        let span = tracing::info_span!(
+            target: "tower_shield",
+            "request",
+            request_id = %request_id,
+            method = %request.method(),
+        );
+        let cx = Ctx {
+            config: Arc::clone(config),
+            request_id,
+            grpc,
+            format,
+            uri: request.uri().clone(),
+        };
+
+        let called = {
+            let _entered = span.enter();
+            catch_unwind(AssertUnwindSafe(|| self.inner.call(request)))
+        };
+        ResponseFuture::new(called.ok(), cx, span)
+    }
+}
+
+/// `application/grpc`, `application/grpc+proto`, `application/grpc-web`...
+fn is_grpc<B>(request: &Request<B>) -> bool {
+    request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
+}

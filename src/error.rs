@@ -1,0 +1,839 @@
+//! The one error type shared by every layer.
+//!
+//! A layer that rejects a request builds an [`Error`] and turns it into a response with
+//! [`Error::to_response`]: the right status, the protocol headers (`WWW-Authenticate`,
+//! `Retry-After`), an empty body, and the `Error` itself in the response extensions. The
+//! [`ErrorEnvelopeLayer`](crate::envelope::ErrorEnvelopeLayer) then renders the one public body.
+//!
+//! What a client sees is fixed per [`ErrorKind`]: a stable [`code`](Error::code), a short
+//! [`message`](Error::message), the [`status`](Error::status) and [`grpc_code`](Error::grpc_code).
+//! The *internal reason* ("token expired", "kid not found", "redis timeout") is kept for logs
+//! through [`Error::reason`] and `Display`, and is never rendered.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use http::StatusCode;
+//! use tower_shield::{Error, ErrorKind};
+//!
+//! let error = Error::new(ErrorKind::RateLimited)
+//!     .with_reason("per-ip quota exhausted")
+//!     .with_retry_after(Duration::from_millis(1500));
+//!
+//! assert_eq!(error.status(), StatusCode::TOO_MANY_REQUESTS);
+//! assert_eq!(error.code(), "rate_limited");
+//! assert_eq!(error.message(), "Too many requests");
+//!
+//! let response = error.to_response::<String>();
+//! assert_eq!(response.headers()["retry-after"], "2"); // rounded up
+//! assert!(response.extensions().get::<Error>().is_some());
+//! ```
+
+use std::{borrow::Cow, fmt, sync::Arc, time::Duration};
+
+use http::{header, HeaderValue, Response, StatusCode};
+use serde::Serialize;
+
+/// A type-erased error, as used by tower.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The shared error of every tower-shield layer.
+///
+/// Cheap to clone (one `Box`, with any source behind an `Arc`), and `Send + Sync + 'static`
+/// so it can travel in [`http::Extensions`].
+///
+/// See the [module docs](crate::error) for an example.
+#[derive(Clone)]
+pub struct Error {
+    inner: Box<Inner>,
+}
+
+#[derive(Clone)]
+struct Inner {
+    kind: ErrorKind,
+    status: StatusCode,
+    reason: Option<Cow<'static, str>>,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    details: Vec<Detail>,
+    retry_after: Option<Duration>,
+    challenge: Option<Challenge>,
+}
+
+/// What went wrong, as far as a client may know.
+///
+/// Each kind has a fixed HTTP status, a stable snake_case code, a short public message and a
+/// gRPC code. New kinds may be added in minor releases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// No credential was presented (401, `unauthenticated`).
+    Unauthenticated,
+    /// A credential was presented but is not valid: bad signature, expired, unknown key,
+    /// revoked, wrong audience... (401, `invalid_token`).
+    InvalidToken,
+    /// The credential is valid but lacks the scope or role the route needs (403,
+    /// `forbidden`).
+    Forbidden,
+    /// The credential is valid but its authentication is too old or too weak (RFC 9470; 401,
+    /// `step_up_required`).
+    StepUpRequired,
+    /// A quota is exhausted (429, `rate_limited`).
+    RateLimited,
+    /// The request is malformed or fails validation (400, `invalid_request`); see
+    /// [`Error::details`].
+    InvalidRequest,
+    /// The request body is larger than allowed (413, `payload_too_large`).
+    PayloadTooLarge,
+    /// The request body has a media type the route does not accept (415,
+    /// `unsupported_media_type`).
+    UnsupportedMediaType,
+    /// A write that requires an `Idempotency-Key` was sent without one (400,
+    /// `idempotency_key_missing`).
+    IdempotencyKeyMissing,
+    /// A request with the same `Idempotency-Key` is still being processed (409,
+    /// `idempotency_key_in_use`).
+    IdempotencyKeyInUse,
+    /// The `Idempotency-Key` was already used for a different request (422,
+    /// `idempotency_key_reused`).
+    IdempotencyKeyReused,
+    /// Nothing is there, or the caller may not learn that something is (404, `not_found`).
+    NotFound,
+    /// The route exists but not for this method (405, `method_not_allowed`).
+    MethodNotAllowed,
+    /// A backend the decision depends on (Redis, a JWKS or introspection endpoint) is down and
+    /// the layer fails closed (503, `service_unavailable`).
+    ServiceUnavailable,
+    /// Something failed on the server; nothing more is said (500, `internal`).
+    Internal,
+    /// Any other error status produced by the inner service, kept as it was. Its code is the
+    /// snake_case form of the status' canonical reason, e.g. `conflict` for 409.
+    Other,
+}
+
+impl ErrorKind {
+    /// The HTTP status of this kind. For [`ErrorKind::Other`] this is 500; an [`Error`] built
+    /// with [`Error::from_status`] keeps its own status.
+    pub const fn status(self) -> StatusCode {
+        match self {
+            Self::Unauthenticated | Self::InvalidToken | Self::StepUpRequired => {
+                StatusCode::UNAUTHORIZED
+            }
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::InvalidRequest | Self::IdempotencyKeyMissing => StatusCode::BAD_REQUEST,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::IdempotencyKeyInUse => StatusCode::CONFLICT,
+            Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal | Self::Other => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable, machine-readable code. Never changes for a kind.
+    pub const fn code(self) -> &'static str {
+        match self {
+            Self::Unauthenticated => "unauthenticated",
+            Self::InvalidToken => "invalid_token",
+            Self::Forbidden => "forbidden",
+            Self::StepUpRequired => "step_up_required",
+            Self::RateLimited => "rate_limited",
+            Self::InvalidRequest => "invalid_request",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::IdempotencyKeyMissing => "idempotency_key_missing",
+            Self::IdempotencyKeyInUse => "idempotency_key_in_use",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::ServiceUnavailable => "service_unavailable",
+            Self::Internal => "internal",
+            Self::Other => "error",
+        }
+    }
+
+    /// The short public message. Says what happened, never why.
+    pub const fn message(self) -> &'static str {
+        match self {
+            Self::Unauthenticated => "Authentication required",
+            Self::InvalidToken => "Invalid or expired credentials",
+            Self::Forbidden => "Insufficient permissions",
+            Self::StepUpRequired => "Stronger or more recent authentication required",
+            Self::RateLimited => "Too many requests",
+            Self::InvalidRequest => "The request is invalid",
+            Self::PayloadTooLarge => "Request body too large",
+            Self::UnsupportedMediaType => "Unsupported content type",
+            Self::IdempotencyKeyMissing => "An Idempotency-Key header is required",
+            Self::IdempotencyKeyInUse => "A request with this Idempotency-Key is in progress",
+            Self::IdempotencyKeyReused => "This Idempotency-Key was used for a different request",
+            Self::NotFound => "Not found",
+            Self::MethodNotAllowed => "Method not allowed",
+            Self::ServiceUnavailable => "Service temporarily unavailable",
+            Self::Internal => "Internal server error",
+            Self::Other => "Request failed",
+        }
+    }
+
+    /// The gRPC status code of this kind.
+    pub const fn grpc_code(self) -> GrpcCode {
+        match self {
+            Self::Unauthenticated | Self::InvalidToken | Self::StepUpRequired => {
+                GrpcCode::Unauthenticated
+            }
+            Self::Forbidden => GrpcCode::PermissionDenied,
+            Self::RateLimited | Self::PayloadTooLarge => GrpcCode::ResourceExhausted,
+            Self::InvalidRequest
+            | Self::UnsupportedMediaType
+            | Self::IdempotencyKeyMissing
+            | Self::IdempotencyKeyReused => GrpcCode::InvalidArgument,
+            Self::IdempotencyKeyInUse => GrpcCode::Aborted,
+            Self::NotFound => GrpcCode::NotFound,
+            Self::MethodNotAllowed => GrpcCode::Unimplemented,
+            Self::ServiceUnavailable => GrpcCode::Unavailable,
+            Self::Internal | Self::Other => GrpcCode::Internal,
+        }
+    }
+
+    /// The kind that a bare error status from an inner service maps to.
+    pub fn from_status(status: StatusCode) -> Self {
+        match status {
+            StatusCode::UNAUTHORIZED => Self::Unauthenticated,
+            StatusCode::FORBIDDEN => Self::Forbidden,
+            StatusCode::TOO_MANY_REQUESTS => Self::RateLimited,
+            StatusCode::BAD_REQUEST => Self::InvalidRequest,
+            StatusCode::PAYLOAD_TOO_LARGE => Self::PayloadTooLarge,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::UnsupportedMediaType,
+            StatusCode::NOT_FOUND => Self::NotFound,
+            StatusCode::METHOD_NOT_ALLOWED => Self::MethodNotAllowed,
+            StatusCode::SERVICE_UNAVAILABLE => Self::ServiceUnavailable,
+            StatusCode::INTERNAL_SERVER_ERROR => Self::Internal,
+            _ => Self::Other,
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// gRPC status codes, as in `google.rpc.Code`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+#[allow(missing_docs)]
+pub enum GrpcCode {
+    Ok = 0,
+    Cancelled = 1,
+    Unknown = 2,
+    InvalidArgument = 3,
+    DeadlineExceeded = 4,
+    NotFound = 5,
+    AlreadyExists = 6,
+    PermissionDenied = 7,
+    ResourceExhausted = 8,
+    FailedPrecondition = 9,
+    Aborted = 10,
+    OutOfRange = 11,
+    Unimplemented = 12,
+    Internal = 13,
+    Unavailable = 14,
+    DataLoss = 15,
+    Unauthenticated = 16,
+}
+
+impl GrpcCode {
+    /// The numeric code, as sent in the `grpc-status` trailer.
+    pub const fn as_i32(self) -> i32 {
+        self as i32
+    }
+
+    /// The `grpc-status` value as a static header value.
+    pub(crate) fn header_value(self) -> HeaderValue {
+        const VALUES: [&str; 17] = [
+            "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15",
+            "16",
+        ];
+        HeaderValue::from_static(VALUES[self as usize])
+    }
+}
+
+/// One field-level problem, rendered in the envelope's `details` array.
+///
+/// `field` is a location such as a JSON pointer (`/items/0/quantity`), `query:page` or
+/// `header:Idempotency-Key`; `issue` is a stable keyword (`maximum`, `required`,
+/// `unknown_field`...); `message` is an optional short human explanation. None of them may
+/// contain the rejected value.
+///
+/// ```
+/// use tower_shield::error::Detail;
+///
+/// let detail = Detail::new("/quantity", "maximum").with_message("must be at most 1000");
+/// assert_eq!(
+///     serde_json::to_string(&detail).unwrap(),
+///     r#"{"field":"/quantity","issue":"maximum","message":"must be at most 1000"}"#,
+/// );
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Detail {
+    field: Cow<'static, str>,
+    issue: Cow<'static, str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<Cow<'static, str>>,
+}
+
+impl Detail {
+    /// A problem with `field`, described by the keyword `issue`.
+    pub fn new(field: impl Into<Cow<'static, str>>, issue: impl Into<Cow<'static, str>>) -> Self {
+        Self { field: field.into(), issue: issue.into(), message: None }
+    }
+
+    /// Adds a short human explanation. It must not contain the rejected value.
+    pub fn with_message(mut self, message: impl Into<Cow<'static, str>>) -> Self {
+        self.message = Some(message.into());
+        self
+    }
+
+    /// Where the problem is.
+    pub fn field(&self) -> &str {
+        &self.field
+    }
+
+    /// The stable keyword naming the problem.
+    pub fn issue(&self) -> &str {
+        &self.issue
+    }
+
+    /// The human explanation, if any.
+    pub fn message(&self) -> Option<&str> {
+        self.message.as_deref()
+    }
+}
+
+/// A `WWW-Authenticate` challenge (RFC 6750 section 3, RFC 9470 section 3).
+///
+/// ```
+/// use tower_shield::error::Challenge;
+///
+/// let challenge = Challenge::bearer("orders")
+///     .with_error("insufficient_scope")
+///     .with_param("scope", "orders:write");
+/// assert_eq!(
+///     challenge.to_string(),
+///     r#"Bearer realm="orders", error="insufficient_scope", scope="orders:write""#,
+/// );
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Challenge {
+    scheme: Cow<'static, str>,
+    params: Vec<(Cow<'static, str>, Cow<'static, str>)>,
+}
+
+impl Challenge {
+    /// A `Bearer` challenge for `realm`.
+    pub fn bearer(realm: impl Into<Cow<'static, str>>) -> Self {
+        Self::new("Bearer").with_param("realm", realm)
+    }
+
+    /// A challenge with another scheme, e.g. `ApiKey`.
+    pub fn new(scheme: impl Into<Cow<'static, str>>) -> Self {
+        Self { scheme: scheme.into(), params: Vec::new() }
+    }
+
+    /// Adds the `error` parameter (`invalid_request`, `invalid_token`, `insufficient_scope`,
+    /// `insufficient_user_authentication`).
+    pub fn with_error(self, error: impl Into<Cow<'static, str>>) -> Self {
+        self.with_param("error", error)
+    }
+
+    /// Adds an auth parameter. The value is quoted and escaped when rendered.
+    pub fn with_param(
+        mut self,
+        name: impl Into<Cow<'static, str>>,
+        value: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        self.params.push((name.into(), value.into()));
+        self
+    }
+
+    /// The scheme, e.g. `Bearer`.
+    pub fn scheme(&self) -> &str {
+        &self.scheme
+    }
+
+    /// The value of a parameter, if present.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_ref())
+    }
+
+    /// The header value. Characters that cannot appear in a quoted string are dropped.
+    pub fn to_header_value(&self) -> HeaderValue {
+        HeaderValue::from_str(&self.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("Bearer"))
+    }
+}
+
+impl fmt::Display for Challenge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.scheme)?;
+        for (i, (name, value)) in self.params.iter().enumerate() {
+            f.write_str(if i == 0 { " " } else { ", " })?;
+            f.write_str(name)?;
+            f.write_str("=\"")?;
+            for c in value.chars() {
+                match c {
+                    '"' | '\\' => write!(f, "\\{c}")?,
+                    ' ' | '\t' | '!'..='~' => write!(f, "{c}")?,
+                    _ => {}
+                }
+            }
+            f.write_str("\"")?;
+        }
+        Ok(())
+    }
+}
+
+impl Error {
+    /// An error of `kind`, with the kind's status.
+    pub fn new(kind: ErrorKind) -> Self {
+        Self {
+            inner: Box::new(Inner {
+                kind,
+                status: kind.status(),
+                reason: None,
+                source: None,
+                details: Vec::new(),
+                retry_after: None,
+                challenge: None,
+            }),
+        }
+    }
+
+    /// The error for a bare error status from an inner service: a known status gets its kind,
+    /// any other keeps its status as [`ErrorKind::Other`].
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_shield::{Error, ErrorKind};
+    ///
+    /// assert_eq!(Error::from_status(StatusCode::NOT_FOUND).kind(), ErrorKind::NotFound);
+    /// let conflict = Error::from_status(StatusCode::CONFLICT);
+    /// assert_eq!((conflict.status(), conflict.code()), (StatusCode::CONFLICT, "conflict"));
+    /// ```
+    pub fn from_status(status: StatusCode) -> Self {
+        let kind = ErrorKind::from_status(status);
+        let mut error = Self::new(kind);
+        if kind == ErrorKind::Other {
+            error.inner.status = status;
+        }
+        error
+    }
+
+    /// Shorthand for `Error::new(ErrorKind::Internal).with_reason(reason)`.
+    pub fn internal(reason: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorKind::Internal).with_reason(reason)
+    }
+
+    /// Sets the internal reason, for logs only. Must not contain secrets (tokens, keys,
+    /// passwords): it is written to tracing events.
+    pub fn with_reason(mut self, reason: impl Into<Cow<'static, str>>) -> Self {
+        self.inner.reason = Some(reason.into());
+        self
+    }
+
+    /// Attaches the underlying error, for logs only.
+    pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        self.inner.source = Some(Arc::from(source.into()));
+        self
+    }
+
+    /// Adds a field-level [`Detail`], rendered in the body.
+    pub fn with_detail(mut self, detail: Detail) -> Self {
+        self.inner.details.push(detail);
+        self
+    }
+
+    /// Adds several field-level [`Detail`]s.
+    pub fn with_details(mut self, details: impl IntoIterator<Item = Detail>) -> Self {
+        self.inner.details.extend(details);
+        self
+    }
+
+    /// Sets how long the client should wait; rendered as `Retry-After` in whole seconds,
+    /// rounded up.
+    pub fn with_retry_after(mut self, retry_after: Duration) -> Self {
+        self.inner.retry_after = Some(retry_after);
+        self
+    }
+
+    /// Sets the `WWW-Authenticate` challenge.
+    pub fn with_challenge(mut self, challenge: Challenge) -> Self {
+        self.inner.challenge = Some(challenge);
+        self
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> ErrorKind {
+        self.inner.kind
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.inner.status
+    }
+
+    /// The stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self.inner.kind {
+            ErrorKind::Other => status_code_name(self.inner.status),
+            kind => kind.code(),
+        }
+    }
+
+    /// The short public message.
+    pub fn message(&self) -> &'static str {
+        match self.inner.kind {
+            ErrorKind::Other => self.inner.status.canonical_reason().unwrap_or("Request failed"),
+            kind => kind.message(),
+        }
+    }
+
+    /// The gRPC status code.
+    pub fn grpc_code(&self) -> GrpcCode {
+        match self.inner.kind {
+            ErrorKind::Other => match self.inner.status {
+                StatusCode::REQUEST_TIMEOUT | StatusCode::GATEWAY_TIMEOUT => {
+                    GrpcCode::DeadlineExceeded
+                }
+                StatusCode::CONFLICT => GrpcCode::Aborted,
+                StatusCode::PRECONDITION_FAILED => GrpcCode::FailedPrecondition,
+                StatusCode::NOT_IMPLEMENTED => GrpcCode::Unimplemented,
+                StatusCode::BAD_GATEWAY => GrpcCode::Unavailable,
+                s if s.is_client_error() => GrpcCode::InvalidArgument,
+                _ => GrpcCode::Unknown,
+            },
+            kind => kind.grpc_code(),
+        }
+    }
+
+    /// The internal reason, for logs. Never rendered to the client.
+    pub fn reason(&self) -> Option<&str> {
+        self.inner.reason.as_deref()
+    }
+
+    /// The field-level details, rendered in the body.
+    pub fn details(&self) -> &[Detail] {
+        &self.inner.details
+    }
+
+    /// How long the client should wait, if known.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.inner.retry_after
+    }
+
+    /// The `WWW-Authenticate` challenge, if any.
+    pub fn challenge(&self) -> Option<&Challenge> {
+        self.inner.challenge.as_ref()
+    }
+
+    /// The rejection response: the status, `WWW-Authenticate` and `Retry-After` where they
+    /// apply, an empty body, and this error in the extensions for the
+    /// [envelope](crate::envelope) to render.
+    pub fn to_response<B: Default>(&self) -> Response<B> {
+        let mut response = Response::new(B::default());
+        *response.status_mut() = self.status();
+        self.write_headers(response.headers_mut());
+        response.extensions_mut().insert(self.clone());
+        response
+    }
+
+    /// Writes the protocol headers this error needs (`WWW-Authenticate`, `Retry-After`).
+    pub fn write_headers(&self, headers: &mut http::HeaderMap) {
+        if let Some(challenge) = &self.inner.challenge {
+            headers.insert(header::WWW_AUTHENTICATE, challenge.to_header_value());
+        }
+        if let Some(retry_after) = self.inner.retry_after {
+            headers.insert(header::RETRY_AFTER, retry_after_value(retry_after));
+        }
+    }
+}
+
+/// `Retry-After` in delay-seconds, rounded up, at least 1 for any non-zero wait.
+pub(crate) fn retry_after_value(wait: Duration) -> HeaderValue {
+    let mut secs = wait.as_secs();
+    if wait.subsec_nanos() > 0 {
+        secs += 1;
+    }
+    HeaderValue::from(secs)
+}
+
+/// `conflict` for 409, `request_timeout` for 408...: the canonical reason in snake_case.
+fn status_code_name(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "bad_request",
+        401 => "unauthorized",
+        402 => "payment_required",
+        403 => "forbidden",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        406 => "not_acceptable",
+        407 => "proxy_authentication_required",
+        408 => "request_timeout",
+        409 => "conflict",
+        410 => "gone",
+        411 => "length_required",
+        412 => "precondition_failed",
+        413 => "payload_too_large",
+        414 => "uri_too_long",
+        415 => "unsupported_media_type",
+        416 => "range_not_satisfiable",
+        417 => "expectation_failed",
+        418 => "im_a_teapot",
+        421 => "misdirected_request",
+        422 => "unprocessable_entity",
+        423 => "locked",
+        424 => "failed_dependency",
+        425 => "too_early",
+        426 => "upgrade_required",
+        428 => "precondition_required",
+        429 => "too_many_requests",
+        431 => "request_header_fields_too_large",
+        451 => "unavailable_for_legal_reasons",
+        500 => "internal",
+        501 => "not_implemented",
+        502 => "bad_gateway",
+        503 => "service_unavailable",
+        504 => "gateway_timeout",
+        505 => "http_version_not_supported",
+        506 => "variant_also_negotiates",
+        507 => "insufficient_storage",
+        508 => "loop_detected",
+        510 => "not_extended",
+        511 => "network_authentication_required",
+        s if s < 500 => "client_error",
+        _ => "server_error",
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.inner.kind).field("status", &self.inner.status);
+        if let Some(reason) = &self.inner.reason {
+            d.field("reason", reason);
+        }
+        if let Some(source) = &self.inner.source {
+            d.field("source", source);
+        }
+        if !self.inner.details.is_empty() {
+            d.field("details", &self.inner.details);
+        }
+        if let Some(retry_after) = &self.inner.retry_after {
+            d.field("retry_after", retry_after);
+        }
+        d.finish()
+    }
+}
+
+/// `code: reason: source`, for logs.
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())?;
+        if let Some(reason) = &self.inner.reason {
+            write!(f, ": {reason}")?;
+        }
+        if let Some(source) = &self.inner.source {
+            write!(f, ": {source}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.inner.source.as_deref().map(|s| s as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<ErrorKind> for Error {
+    fn from(kind: ErrorKind) -> Self {
+        Self::new(kind)
+    }
+}
+
+/// A mistake in a layer's configuration, returned by builder methods instead of panicking.
+///
+/// ```
+/// use tower_shield::error::ConfigError;
+///
+/// let error = ConfigError::new("HMAC secret must be at least 32 bytes");
+/// assert_eq!(error.to_string(), "invalid configuration: HMAC secret must be at least 32 bytes");
+/// ```
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("invalid configuration: {message}")]
+pub struct ConfigError {
+    message: Cow<'static, str>,
+}
+
+impl ConfigError {
+    /// A configuration error with a message that says what to change.
+    pub fn new(message: impl Into<Cow<'static, str>>) -> Self {
+        Self { message: message.into() }
+    }
+
+    /// What is wrong.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+#[cfg(feature = "axum")]
+mod axum_impl {
+    use axum_core::response::{IntoResponse, Response};
+
+    use super::Error;
+    use crate::envelope::render::{render_json, Format};
+
+    /// Renders the JSON envelope (without a request id) and keeps the `Error` in the
+    /// extensions, so an outer [`ErrorEnvelopeLayer`](crate::envelope::ErrorEnvelopeLayer)
+    /// re-renders it with the request id and the negotiated format.
+    impl IntoResponse for Error {
+        fn into_response(self) -> Response {
+            let mut response = self.to_response::<axum_core::body::Body>();
+            let (content_type, body) = render_json(&self, None, Format::Json, "", "");
+            response.headers_mut().insert(http::header::CONTENT_TYPE, content_type);
+            *response.body_mut() = axum_core::body::Body::from(body);
+            response
+        }
+    }
+}
+
+#[cfg(feature = "tonic")]
+mod tonic_impl {
+    use super::{Error, GrpcCode};
+
+    impl From<GrpcCode> for tonic::Code {
+        fn from(code: GrpcCode) -> Self {
+            tonic::Code::from_i32(code.as_i32())
+        }
+    }
+
+    /// The status carries the public message only; the internal reason stays out of it.
+    impl From<Error> for tonic::Status {
+        fn from(error: Error) -> Self {
+            tonic::Status::new(error.grpc_code().into(), error.message())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [ErrorKind; 16] = [
+        ErrorKind::Unauthenticated,
+        ErrorKind::InvalidToken,
+        ErrorKind::Forbidden,
+        ErrorKind::StepUpRequired,
+        ErrorKind::RateLimited,
+        ErrorKind::InvalidRequest,
+        ErrorKind::PayloadTooLarge,
+        ErrorKind::UnsupportedMediaType,
+        ErrorKind::IdempotencyKeyMissing,
+        ErrorKind::IdempotencyKeyInUse,
+        ErrorKind::IdempotencyKeyReused,
+        ErrorKind::NotFound,
+        ErrorKind::MethodNotAllowed,
+        ErrorKind::ServiceUnavailable,
+        ErrorKind::Internal,
+        ErrorKind::Other,
+    ];
+
+    #[test]
+    fn codes_are_unique_snake_case() {
+        let mut seen = std::collections::HashSet::new();
+        for kind in ALL {
+            let code = kind.code();
+            assert!(seen.insert(code), "duplicate code {code}");
+            assert!(code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{code}");
+            assert!(kind.status().is_client_error() || kind.status().is_server_error());
+        }
+    }
+
+    #[test]
+    fn error_is_clone_send_sync_static() {
+        fn assert_bounds<T: Clone + Send + Sync + 'static>() {}
+        assert_bounds::<Error>();
+    }
+
+    #[test]
+    fn reason_is_in_display_not_in_message() {
+        let error = Error::new(ErrorKind::InvalidToken).with_reason("token expired");
+        assert_eq!(error.to_string(), "invalid_token: token expired");
+        assert_eq!(error.message(), "Invalid or expired credentials");
+        assert_eq!(error.reason(), Some("token expired"));
+    }
+
+    #[test]
+    fn retry_after_rounds_up() {
+        assert_eq!(retry_after_value(Duration::from_millis(1)), "1");
+        assert_eq!(retry_after_value(Duration::from_secs(3)), "3");
+        assert_eq!(retry_after_value(Duration::from_millis(3001)), "4");
+        assert_eq!(retry_after_value(Duration::ZERO), "0");
+    }
+
+    #[test]
+    fn challenge_quotes_and_drops_control_characters() {
+        let challenge = Challenge::bearer("a\"b\\c\r\nd");
+        assert_eq!(challenge.to_string(), r#"Bearer realm="a\"b\\cd""#);
+        assert!(HeaderValue::from_str(&challenge.to_string()).is_ok());
+    }
+
+    #[test]
+    fn from_status_keeps_unknown_statuses() {
+        let gone = Error::from_status(StatusCode::GONE);
+        assert_eq!(gone.kind(), ErrorKind::Other);
+        assert_eq!(gone.status(), StatusCode::GONE);
+        assert_eq!(gone.code(), "gone");
+        assert_eq!(gone.message(), "Gone");
+        assert_eq!(gone.grpc_code(), GrpcCode::InvalidArgument);
+        let teapot = Error::from_status(StatusCode::from_u16(499).unwrap());
+        assert_eq!(teapot.code(), "client_error");
+    }
+
+    #[test]
+    fn to_response_sets_headers_and_extension() {
+        let error = Error::new(ErrorKind::InvalidToken)
+            .with_challenge(Challenge::bearer("api").with_error("invalid_token"));
+        let response = error.to_response::<String>();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            response.headers()[header::WWW_AUTHENTICATE],
+            r#"Bearer realm="api", error="invalid_token""#
+        );
+        assert!(response.body().is_empty());
+        assert_eq!(response.extensions().get::<Error>().unwrap().kind(), ErrorKind::InvalidToken);
+    }
+
+    #[cfg(feature = "tonic")]
+    #[test]
+    fn into_tonic_status_keeps_the_reason_out() {
+        let status: tonic::Status =
+            Error::new(ErrorKind::Forbidden).with_reason("missing orders:admin").into();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        assert_eq!(status.message(), "Insufficient permissions");
+        let status: tonic::Status = Error::new(ErrorKind::RateLimited).into();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    }
+
+    #[test]
+    fn grpc_status_values() {
+        assert_eq!(GrpcCode::Unauthenticated.header_value(), "16");
+        assert_eq!(GrpcCode::Ok.header_value(), "0");
+        assert_eq!(ErrorKind::RateLimited.grpc_code(), GrpcCode::ResourceExhausted);
+        assert_eq!(ErrorKind::Forbidden.grpc_code(), GrpcCode::PermissionDenied);
+    }
+}

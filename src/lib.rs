@@ -1,0 +1,76 @@
+//! Composable [tower] middleware for API security.
+//!
+//! tower-shield gives any tower-compatible server (axum, tonic, plain hyper) the controls a
+//! production API needs, as layers that share one [`Error`] type and compose in any stack:
+//!
+//! | module | what it does |
+//! |---|---|
+//! | [`envelope`] | request ids, one safe error body for every failure (JSON, RFC 9457 problem details, gRPC status), panic catching |
+//! | [`principal`] | who the caller is, as authenticating layers put it in the request |
+//! | [`clock`] | time, replaceable by a fake clock in tests |
+//! | [`error`] | the shared error type, its stable codes and protocol headers |
+//!
+//! Every layer rejects with a *response*, never an `Err`: the status, the protocol headers
+//! (`WWW-Authenticate`, `Retry-After`) and the [`Error`] in the response extensions. The
+//! [`ErrorEnvelopeLayer`](envelope::ErrorEnvelopeLayer), outermost, renders the body.
+//!
+//! # Example with axum
+//!
+//! ```no_run
+//! use axum::{routing::get, Router};
+//! use tower_shield::envelope::ErrorEnvelopeLayer;
+//!
+//! # #[tokio::main] async fn main() -> std::io::Result<()> {
+//! let app = Router::new()
+//!     .route("/health", get(|| async { "ok" }))
+//!     // Outermost: renders every error (a 404 for unknown paths included) as the envelope.
+//!     .layer(ErrorEnvelopeLayer::new());
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! axum::serve(listener, app).await
+//! # }
+//! ```
+//!
+//! # Example with tonic
+//!
+//! ```ignore
+//! // With feature `tonic`: rejections become trailers-only responses with the gRPC status.
+//! tonic::transport::Server::builder()
+//!     .layer(tower_shield::envelope::ErrorEnvelopeLayer::new())
+//!     .add_service(GreeterServer::new(MyGreeter))
+//!     .serve("127.0.0.1:50051".parse()?)
+//!     .await?;
+//! ```
+//!
+//! # Feature flags
+//!
+//! | Name | Description | Default |
+//! |---|---|---|
+//! | `envelope` | [`envelope`]: `ErrorEnvelopeLayer`, request ids | yes |
+//! | `axum` | `IntoResponse` for [`Error`], extractors for `Principal` and `RequestId` | no |
+//! | `tonic` | `From<Error> for tonic::Status` | no |
+//! | `full` | every feature above | no |
+//!
+//! [tower]: https://docs.rs/tower
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[macro_use]
+mod macros;
+
+pub mod clock;
+pub mod error;
+pub mod principal;
+
+#[cfg(feature = "envelope")]
+pub mod envelope;
+
+#[cfg(feature = "envelope")]
+mod builder;
+
+#[cfg(feature = "envelope")]
+pub use self::builder::ServiceBuilderExt;
+pub use self::error::{BoxError, Error, ErrorKind};
+
+#[cfg(test)]
+mod test_helpers;

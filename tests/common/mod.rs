@@ -1,0 +1,87 @@
+//! Shared helpers for integration tests.
+#![allow(dead_code, unreachable_pub)]
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+/// A running example binary, killed on drop.
+pub struct Example {
+    child: Child,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    /// Lines printed to stdout after the `listening on` line, as they arrive.
+    pub stdout: mpsc::Receiver<String>,
+}
+
+/// Path of an example binary built by `cargo test` (examples are built with the tests).
+pub fn example_path(name: &str) -> PathBuf {
+    let mut dir = std::env::current_exe().expect("test binary path");
+    dir.pop(); // the test binary
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join("examples").join(name)
+}
+
+impl Example {
+    /// Starts example `name` on 127.0.0.1:0 with extra environment, and waits for its
+    /// `listening on <addr>` line (at most 60 s).
+    pub fn spawn(name: &str, env: &[(&str, &str)]) -> Self {
+        let path = example_path(name);
+        assert!(path.exists(), "{} not built: run the tests with `cargo test`", path.display());
+        let mut command = Command::new(path);
+        command
+            .env("BIND_ADDR", "127.0.0.1:0")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("spawn example");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut before = Vec::new();
+        let addr = loop {
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) => {
+                    if let Some(addr) = line.split("listening on ").nth(1) {
+                        break addr.trim().to_owned();
+                    }
+                    before.push(line);
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("example {name} never printed `listening on`; it printed {before:?}");
+                }
+            }
+        };
+        Self { child, base: format!("http://{addr}"), stdout: rx }
+    }
+
+    /// `base` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+}
+
+impl Drop for Example {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
