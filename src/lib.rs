@@ -8,6 +8,7 @@
 //! | [`envelope`] | request ids, one safe error body for every failure (JSON, RFC 9457 problem details, gRPC status), panic catching |
 //! | [`principal`] | who the caller is, as authenticating layers put it in the request |
 //! | [`clock`] | time, replaceable by a fake clock in tests |
+//! | [`body`] | capped body reading for layers that must see the whole body |
 //! | [`error`] | the shared error type, its stable codes and protocol headers |
 //!
 //! Every layer rejects with a *response*, never an `Err`: the status, the protocol headers
@@ -58,6 +59,7 @@
 #[macro_use]
 mod macros;
 
+pub mod body;
 pub mod clock;
 pub mod error;
 pub mod principal;
@@ -65,10 +67,8 @@ pub mod principal;
 #[cfg(feature = "envelope")]
 pub mod envelope;
 
-#[cfg(feature = "envelope")]
 mod builder;
 
-#[cfg(feature = "envelope")]
 pub use self::builder::ServiceBuilderExt;
 pub use self::error::{BoxError, Error, ErrorKind};
 
