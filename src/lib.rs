@@ -64,6 +64,8 @@ pub mod clock;
 pub mod error;
 pub mod principal;
 
+#[cfg(feature = "auth")]
+pub mod auth;
 #[cfg(feature = "envelope")]
 pub mod envelope;
 
