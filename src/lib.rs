@@ -9,6 +9,7 @@
 //! | [`principal`] | who the caller is, as authenticating layers put it in the request |
 //! | [`clock`] | time, replaceable by a fake clock in tests |
 //! | [`body`] | capped body reading for layers that must see the whole body |
+//! | [`telemetry`] | the security event target, log-injection escaping, secret fingerprints |
 //! | [`error`] | the shared error type, its stable codes and protocol headers |
 //!
 //! Every layer rejects with a *response*, never an `Err`: the status, the protocol headers
@@ -48,6 +49,7 @@
 //! | Name | Description | Default |
 //! |---|---|---|
 //! | `envelope` | [`envelope`]: `ErrorEnvelopeLayer`, request ids | yes |
+//! | `telemetry` | [`telemetry`]: security event target, redaction helpers | yes |
 //! | `axum` | `IntoResponse` for [`Error`], extractors for `Principal` and `RequestId` | no |
 //! | `tonic` | `From<Error> for tonic::Status` | no |
 //! | `full` | every feature above | no |
@@ -63,6 +65,8 @@ pub mod body;
 pub mod clock;
 pub mod error;
 pub mod principal;
+#[cfg(feature = "telemetry")]
+pub mod telemetry;
 
 #[cfg(feature = "auth")]
 pub mod auth;
