@@ -166,6 +166,7 @@ impl ScopeLayer {
     }
 }
 
+#[allow(clippy::ptr_arg)] // cloning the `Cow` keeps a `&'static` realm borrowed
 fn compile(realm: &Cow<'static, str>, requirement: &Requirement) -> Compiled {
     let hints = requirement.node.hints();
     let mut challenge = Challenge::bearer(realm.clone()).with_error("insufficient_scope");

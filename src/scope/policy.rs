@@ -231,7 +231,7 @@ fn route(parts: &Parts) -> &str {
 /// # }
 /// ```
 ///
-/// See the [module docs](crate::scope) for more.
+/// See the [module docs](crate::scope) for an example.
 #[must_use]
 pub struct PolicyLayer<P, D> {
     policy: Arc<P>,
