@@ -212,6 +212,8 @@ fn route(parts: &Parts) -> &str {
 /// use tower::{ServiceBuilder, ServiceExt};
 /// use tower_shield::{principal::Principal, scope::{Decision, PolicyLayer}};
 ///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
 /// // `/users/{id}/profile`: only the user themself; others cannot tell who exists.
 /// let layer = PolicyLayer::new(
 ///     |principal: &Principal, _: &Parts, user: &String| {
@@ -219,8 +221,6 @@ fn route(parts: &Parts) -> &str {
 ///     },
 ///     |parts: &Parts| parts.uri.path().split('/').nth(2).map(str::to_owned),
 /// );
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() {
 /// let service = ServiceBuilder::new().layer(layer).service_fn(|_: Request<String>| async {
 ///     Ok::<_, std::convert::Infallible>(Response::new(String::from("profile")))
 /// });
