@@ -559,3 +559,84 @@ mod tests {
         assert_eq!(flat.to_string(), "all(a) and all(b) and all(c)");
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::clock::FakeClock;
+
+    const NAMES: [&str; 4] = ["a", "b", "c", "d"];
+
+    /// Scope-and-role trees over a small alphabet, with non-empty lists.
+    fn tree(with_roles: bool) -> impl Strategy<Value = Requirement> {
+        let names = proptest::sample::subsequence(NAMES.to_vec(), 1..=3);
+        let leaf = prop_oneof![
+            names.clone().prop_map(Requirement::all),
+            names.clone().prop_map(Requirement::any),
+            names.prop_map(move |n| if with_roles {
+                Requirement::any_role(n)
+            } else {
+                Requirement::all(n)
+            }),
+        ];
+        leaf.prop_recursive(4, 24, 3, |inner| {
+            prop_oneof![
+                (inner.clone(), inner.clone()).prop_map(|(a, b)| a.and(b)),
+                (inner.clone(), inner).prop_map(|(a, b)| a.or(b)),
+            ]
+        })
+    }
+
+    /// The plain boolean meaning of a tree.
+    fn holds(node: &Node, principal: &Principal) -> bool {
+        match node {
+            Node::Scopes { all: true, names } => names.iter().all(|s| principal.has_scope(s)),
+            Node::Scopes { all: false, names } => names.iter().any(|s| principal.has_scope(s)),
+            Node::Roles { all: true, names } => names.iter().all(|r| principal.has_role(r)),
+            Node::Roles { all: false, names } => names.iter().any(|r| principal.has_role(r)),
+            Node::And(children) => children.iter().all(|c| holds(c, principal)),
+            Node::Or(children) => children.iter().any(|c| holds(c, principal)),
+            _ => unreachable!("not generated"),
+        }
+    }
+
+    fn check(requirement: &Requirement, principal: &Principal) -> Verdict {
+        let request = http::Request::new(());
+        let facts = Facts {
+            principal,
+            clock: &FakeClock::new(),
+            uri: request.uri(),
+            headers: request.headers(),
+        };
+        requirement.evaluate(&facts).0
+    }
+
+    proptest! {
+        #[test]
+        fn allows_exactly_when_the_formula_holds(
+            requirement in tree(true),
+            scopes in proptest::sample::subsequence(NAMES.to_vec(), 0..=4),
+            roles in proptest::sample::subsequence(NAMES.to_vec(), 0..=4),
+        ) {
+            let principal = Principal::builder("p").scopes(scopes).roles(roles).build();
+            let verdict = check(&requirement, &principal);
+            prop_assert_eq!(verdict == Verdict::Allow, holds(&requirement.node, &principal));
+            prop_assert!(matches!(verdict, Verdict::Allow | Verdict::Forbidden));
+        }
+
+        /// The scopes named in the challenge are enough: granting them (on top of what the
+        /// caller has) meets a scopes-only requirement.
+        #[test]
+        fn challenge_scopes_are_sufficient(
+            requirement in tree(false),
+            scopes in proptest::sample::subsequence(NAMES.to_vec(), 0..=4),
+        ) {
+            let mut granted: Vec<String> = scopes.iter().map(|s| (*s).to_owned()).collect();
+            granted.extend(requirement.node.hints().scopes.iter().map(|s| s.to_string()));
+            let principal = Principal::builder("p").scopes(granted).build();
+            prop_assert_eq!(check(&requirement, &principal), Verdict::Allow, "{}", requirement);
+        }
+    }
+}
