@@ -1,9 +1,12 @@
 //! [`ServiceBuilderExt`]: one method per layer on tower's `ServiceBuilder`.
 
+#[allow(unused_imports)] // `Stack` is unused when every layer feature is off
 use tower::{layer::util::Stack, ServiceBuilder};
 
 #[cfg(feature = "envelope")]
 use crate::envelope::ErrorEnvelopeLayer;
+#[cfg(feature = "scope")]
+use crate::scope::{Requirement, ScopeLayer};
 
 /// Adds tower-shield's layers to a [`ServiceBuilder`], one method per layer.
 ///
@@ -31,12 +34,22 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
     /// default [`ErrorEnvelopeLayer`]. Put it first (outermost).
     #[cfg(feature = "envelope")]
     fn error_envelope(self) -> ServiceBuilder<Stack<ErrorEnvelopeLayer, L>>;
+
+    /// Lets requests through only when their principal meets `requirement`, with a default
+    /// [`ScopeLayer`] (realm `"api"`, system clock). Put it inside the authenticating layer.
+    #[cfg(feature = "scope")]
+    fn require_scope(self, requirement: Requirement) -> ServiceBuilder<Stack<ScopeLayer, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     #[cfg(feature = "envelope")]
     fn error_envelope(self) -> ServiceBuilder<Stack<ErrorEnvelopeLayer, L>> {
         self.layer(ErrorEnvelopeLayer::new())
+    }
+
+    #[cfg(feature = "scope")]
+    fn require_scope(self, requirement: Requirement) -> ServiceBuilder<Stack<ScopeLayer, L>> {
+        self.layer(ScopeLayer::new(requirement))
     }
 }
 

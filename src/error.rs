@@ -252,7 +252,7 @@ impl GrpcCode {
     }
 
     /// The `grpc-status` value as a static header value.
-    pub(crate) fn header_value(self) -> HeaderValue {
+    pub fn header_value(self) -> HeaderValue {
         const VALUES: [&str; 17] = [
             "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15",
             "16",
@@ -561,6 +561,30 @@ impl Error {
     }
 }
 
+#[cfg(any(feature = "envelope", feature = "axum"))]
+impl Error {
+    /// The JSON envelope body: `{"code", "message", "request_id"?, "details"?}`.
+    pub(crate) fn json_body(&self, request_id: Option<&str>) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct JsonBody<'a> {
+            code: &'a str,
+            message: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            request_id: Option<&'a str>,
+            #[serde(skip_serializing_if = "<[_]>::is_empty")]
+            details: &'a [Detail],
+        }
+        // Serializing strings cannot fail.
+        serde_json::to_vec(&JsonBody {
+            code: self.code(),
+            message: self.message(),
+            request_id,
+            details: self.details(),
+        })
+        .unwrap_or_default()
+    }
+}
+
 /// `Retry-After` in delay-seconds, rounded up, at least 1 for any non-zero wait.
 pub(crate) fn retry_after_value(wait: Duration) -> HeaderValue {
     let mut secs = wait.as_secs();
@@ -695,7 +719,6 @@ mod axum_impl {
     use axum_core::response::{IntoResponse, Response};
 
     use super::Error;
-    use crate::envelope::render::{render_json, Format};
 
     /// Renders the JSON envelope (without a request id) and keeps the `Error` in the
     /// extensions, so an outer [`ErrorEnvelopeLayer`](crate::envelope::ErrorEnvelopeLayer)
@@ -703,9 +726,11 @@ mod axum_impl {
     impl IntoResponse for Error {
         fn into_response(self) -> Response {
             let mut response = self.to_response::<axum_core::body::Body>();
-            let (content_type, body) = render_json(&self, None, Format::Json, "", "");
-            response.headers_mut().insert(http::header::CONTENT_TYPE, content_type);
-            *response.body_mut() = axum_core::body::Body::from(body);
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            *response.body_mut() = axum_core::body::Body::from(self.json_body(None));
             response
         }
     }

@@ -6,6 +6,7 @@
 //! | module | what it does |
 //! |---|---|
 //! | [`envelope`] | request ids, one safe error body for every failure (JSON, RFC 9457 problem details, gRPC status), panic catching |
+//! | [`scope`] | authorization: scopes, roles, step-up (RFC 9470), tenant isolation, resource policies |
 //! | [`principal`] | who the caller is, as authenticating layers put it in the request |
 //! | [`clock`] | time, replaceable by a fake clock in tests |
 //! | [`body`] | capped body reading for layers that must see the whole body |
@@ -50,6 +51,7 @@
 //! |---|---|---|
 //! | `envelope` | [`envelope`]: `ErrorEnvelopeLayer`, request ids | yes |
 //! | `telemetry` | [`telemetry`]: security event target, redaction helpers | yes |
+//! | `scope` | [`scope`]: `ScopeLayer`, `Requirement`, `Policy` | yes |
 //! | `axum` | `IntoResponse` for [`Error`], extractors for `Principal` and `RequestId` | no |
 //! | `tonic` | `From<Error> for tonic::Status` | no |
 //! | `full` | every feature above | no |
@@ -72,6 +74,8 @@ pub mod telemetry;
 pub mod auth;
 #[cfg(feature = "envelope")]
 pub mod envelope;
+#[cfg(feature = "scope")]
+pub mod scope;
 
 mod builder;
 

@@ -1,5 +1,6 @@
 /// `get_ref`, `get_mut` and `into_inner` for a service with an `inner` field (tower-http
 /// `src/macros.rs`).
+#[allow(unused_macros)] // unused when every layer feature is off
 macro_rules! define_inner_service_accessors {
     () => {
         /// Gets a reference to the inner service.

@@ -59,7 +59,7 @@
 mod body;
 mod future;
 mod layer;
-pub(crate) mod render;
+mod render;
 mod request_id;
 mod service;
 

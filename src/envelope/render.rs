@@ -165,16 +165,6 @@ impl Render for DefaultRender {
 }
 
 #[derive(Serialize)]
-struct JsonBody<'a> {
-    code: &'a str,
-    message: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    request_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    details: &'a [Detail],
-}
-
-#[derive(Serialize)]
 struct ProblemBody<'a> {
     #[serde(rename = "type")]
     type_: &'a str,
@@ -202,12 +192,7 @@ pub(crate) fn render_json(
 ) -> (HeaderValue, Bytes) {
     let request_id = request_id.map(RequestId::as_str);
     let body = match format {
-        Format::Json => serde_json::to_vec(&JsonBody {
-            code: error.code(),
-            message: error.message(),
-            request_id,
-            details: error.details(),
-        }),
+        Format::Json => Ok(error.json_body(request_id)),
         Format::Problem => {
             let type_;
             let (title, detail) = if problem_type_base.is_empty() {

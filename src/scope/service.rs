@@ -1,0 +1,145 @@
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use http::{Request, Response};
+use tower_service::Service;
+
+use super::{
+    future::ResponseFuture,
+    layer::{Config, Rejection},
+    requirement::{Facts, Verdict},
+    Requirement, ScopeLayer,
+};
+use crate::principal::Principal;
+
+/// Lets a request through only when its [`Principal`] meets a [`Requirement`].
+///
+/// See the [module docs](crate::scope) for an example.
+#[derive(Clone, Debug)]
+pub struct Scope<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S> Scope<S> {
+    /// Wraps `inner` with the configuration of `layer`.
+    pub fn new(inner: S, layer: ScopeLayer) -> Self {
+        Self { inner, config: layer.config }
+    }
+
+    /// A [`ScopeLayer`] guarding every request with `requirement`.
+    pub fn layer(requirement: Requirement) -> ScopeLayer {
+        ScopeLayer::new(requirement)
+    }
+
+    define_inner_service_accessors!();
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Scope<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Default,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        match decide(&self.config, &request) {
+            None => ResponseFuture::future(self.inner.call(request)),
+            Some(rejection) => ResponseFuture::rejected(rejection.response()),
+        }
+    }
+}
+
+const TARGET: &str = "tower_shield::security";
+
+/// `None` lets the request through; otherwise the denial. Every outcome is logged.
+fn decide<'c, B>(config: &'c Config, request: &Request<B>) -> Option<&'c Rejection> {
+    let principal = request.extensions().get::<Principal>();
+    let Some(compiled) = config.lookup(request.uri().path()) else {
+        let (outcome, rejection) = match principal {
+            None => ("unauthenticated", &config.unauthenticated),
+            Some(_) => ("unmapped", &config.unmapped),
+        };
+        tracing::warn!(
+            target: TARGET,
+            event = "scope.denied",
+            outcome,
+            subject = principal.map(Principal::subject),
+            tenant = principal.and_then(Principal::tenant),
+            route = route(request),
+            requirement = "unmapped",
+            reason = rejection.error().reason(),
+            "request denied: no requirement for this method"
+        );
+        return Some(rejection);
+    };
+    let requirement = &*compiled.label;
+    let Some(principal) = principal else {
+        denied("scope.denied", "unauthenticated", None, request, requirement);
+        return Some(&config.unauthenticated);
+    };
+    let facts =
+        Facts { principal, clock: &*config.clock, uri: request.uri(), headers: request.headers() };
+    let (verdict, alternative) = compiled.requirement.evaluate(&facts);
+    let (event, outcome, rejection) = match verdict {
+        Verdict::Allow => {
+            tracing::debug!(
+                target: TARGET,
+                event = "scope.allowed",
+                outcome = "allowed",
+                subject = principal.subject(),
+                tenant = principal.tenant(),
+                route = route(request),
+                requirement,
+                "request allowed"
+            );
+            return None;
+        }
+        Verdict::StepUp => (
+            "step_up.required",
+            "step_up",
+            &compiled.step_up[alternative.min(compiled.step_up.len() - 1)],
+        ),
+        Verdict::Forbidden => ("scope.denied", "forbidden", &compiled.forbidden),
+        Verdict::TenantForbidden => ("scope.denied", "tenant_forbidden", &config.tenant_forbidden),
+        Verdict::Hidden => ("scope.denied", "not_found", &config.hidden),
+    };
+    denied(event, outcome, Some(principal), request, requirement);
+    Some(rejection)
+}
+
+fn denied<B>(
+    event: &'static str,
+    outcome: &'static str,
+    principal: Option<&Principal>,
+    request: &Request<B>,
+    requirement: &str,
+) {
+    tracing::info!(
+        target: TARGET,
+        event,
+        outcome,
+        subject = principal.map(Principal::subject),
+        tenant = principal.and_then(Principal::tenant),
+        route = route(request),
+        requirement,
+        "request denied"
+    );
+}
+
+/// The route template (axum's `MatchedPath`) when known, else the path; never the query.
+pub(crate) fn route<B>(request: &Request<B>) -> &str {
+    #[cfg(feature = "axum")]
+    if let Some(matched) = request.extensions().get::<axum::extract::MatchedPath>() {
+        return matched.as_str();
+    }
+    request.uri().path()
+}

@@ -1,0 +1,697 @@
+use std::{
+    convert::Infallible,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use http::{header, request::Parts, HeaderName, Request, Response, StatusCode};
+use tower::{service_fn, Layer, ServiceBuilder, ServiceExt};
+
+use super::*;
+use crate::{
+    clock::{Clock, FakeClock},
+    principal::Principal,
+    Error, ErrorKind, ServiceBuilderExt,
+};
+
+async fn echo(_: Request<String>) -> Result<Response<String>, Infallible> {
+    Ok(Response::new("ok".to_owned()))
+}
+
+fn principal(scopes: &[&str], roles: &[&str]) -> Principal {
+    Principal::builder("user-1")
+        .scopes(scopes.iter().copied())
+        .roles(roles.iter().copied())
+        .tenant("acme")
+        .build()
+}
+
+async fn send_to(
+    layer: &ScopeLayer,
+    principal: Option<Principal>,
+    request: Request<String>,
+) -> Response<String> {
+    let mut request = request;
+    if let Some(principal) = principal {
+        request.extensions_mut().insert(principal);
+    }
+    layer.layer(service_fn(echo)).oneshot(request).await.unwrap()
+}
+
+async fn send(layer: &ScopeLayer, principal: Option<Principal>) -> Response<String> {
+    send_to(layer, principal, Request::get("/orders").body(String::new()).unwrap()).await
+}
+
+fn challenge(response: &Response<String>) -> Option<&str> {
+    response.headers().get(header::WWW_AUTHENTICATE).map(|v| v.to_str().unwrap())
+}
+
+fn kind(response: &Response<String>) -> Option<ErrorKind> {
+    response.extensions().get::<Error>().map(Error::kind)
+}
+
+const FORBIDDEN_ROLE: &str = r#"Bearer realm="api", error="insufficient_scope""#;
+
+#[tokio::test]
+async fn matrix_of_requirements_and_principals() {
+    let w = || Requirement::all(["orders:write"]);
+    let cases: Vec<(Requirement, &[&str], &[&str], u16, Option<&str>)> = vec![
+        // all
+        (Requirement::all(["a", "b"]), &["a", "b"], &[], 200, None),
+        (Requirement::all(["a", "b"]), &["a", "b", "c"], &[], 200, None),
+        (
+            Requirement::all(["a", "b"]),
+            &["a"],
+            &[],
+            403,
+            Some(r#"Bearer realm="api", error="insufficient_scope", scope="a b""#),
+        ),
+        (
+            Requirement::all(["a", "b"]),
+            &[],
+            &[],
+            403,
+            Some(r#"Bearer realm="api", error="insufficient_scope", scope="a b""#),
+        ),
+        // all is exact: no prefix or case folding
+        (
+            Requirement::all(["orders:write"]),
+            &["orders", "orders:writer", "ORDERS:WRITE"],
+            &[],
+            403,
+            Some(r#"Bearer realm="api", error="insufficient_scope", scope="orders:write""#),
+        ),
+        // any: the challenge names the first (least-privileged) scope
+        (Requirement::any(["a", "b"]), &["b"], &[], 200, None),
+        (Requirement::any(["a", "b"]), &["a"], &[], 200, None),
+        (
+            Requirement::any(["a", "b"]),
+            &["c"],
+            &[],
+            403,
+            Some(r#"Bearer realm="api", error="insufficient_scope", scope="a""#),
+        ),
+        // roles are not scopes: no scope parameter
+        (Requirement::role("admin"), &[], &["admin"], 200, None),
+        (Requirement::role("admin"), &["admin"], &["user"], 403, Some(FORBIDDEN_ROLE)),
+        (Requirement::any_role(["admin", "ops"]), &[], &["ops"], 200, None),
+        (Requirement::any_role(["admin", "ops"]), &[], &["dev"], 403, Some(FORBIDDEN_ROLE)),
+        // or: scope or role
+        (w().or(Requirement::role("admin")), &["orders:write"], &[], 200, None),
+        (w().or(Requirement::role("admin")), &[], &["admin"], 200, None),
+        (
+            w().or(Requirement::role("admin")),
+            &["orders:read"],
+            &["user"],
+            403,
+            Some(r#"Bearer realm="api", error="insufficient_scope", scope="orders:write""#),
+        ),
+        // or: the first alternative that names scopes is the one in the challenge
+        (
+            Requirement::role("admin").or(Requirement::all(["x", "y"])).or(Requirement::scope("z")),
+            &[],
+            &[],
+            403,
+            Some(r#"Bearer realm="api", error="insufficient_scope", scope="x y""#),
+        ),
+        // and: union of the scopes
+        (Requirement::scope("a").and(Requirement::any(["b", "c"])), &["a", "c"], &[], 200, None),
+        (
+            Requirement::scope("a").and(Requirement::any(["b", "c"])),
+            &["a"],
+            &[],
+            403,
+            Some(r#"Bearer realm="api", error="insufficient_scope", scope="a b""#),
+        ),
+        (Requirement::scope("a").and(Requirement::role("admin")), &["a"], &["admin"], 200, None),
+        (
+            Requirement::scope("a").and(Requirement::role("admin")),
+            &["a"],
+            &[],
+            403,
+            Some(r#"Bearer realm="api", error="insufficient_scope", scope="a""#),
+        ),
+        // nested
+        (
+            Requirement::scope("a").and(Requirement::scope("b").or(Requirement::role("r"))),
+            &["a"],
+            &["r"],
+            200,
+            None,
+        ),
+        (
+            Requirement::scope("a").and(Requirement::scope("b").or(Requirement::role("r"))),
+            &["b"],
+            &["r"],
+            403,
+            Some(r#"Bearer realm="api", error="insufficient_scope", scope="a b""#),
+        ),
+        // authenticated, empty lists
+        (Requirement::authenticated(), &[], &[], 200, None),
+        (Requirement::all(Vec::<String>::new()), &[], &[], 200, None),
+        (Requirement::any(Vec::<String>::new()), &["a"], &[], 403, Some(FORBIDDEN_ROLE)),
+        // a name that is not a scope-token is never met, and not echoed
+        (Requirement::all(["a b"]), &["a", "b", "a b"], &[], 403, Some(FORBIDDEN_ROLE)),
+    ];
+    for (requirement, scopes, roles, status, www) in cases {
+        let label = requirement.to_string();
+        let layer = ScopeLayer::new(requirement);
+        let response = send(&layer, Some(principal(scopes, roles))).await;
+        assert_eq!(response.status().as_u16(), status, "{label} with {scopes:?} {roles:?}");
+        assert_eq!(challenge(&response), www, "{label} with {scopes:?} {roles:?}");
+        if status == 200 {
+            assert_eq!(response.body(), "ok");
+        } else {
+            assert_eq!(kind(&response), Some(ErrorKind::Forbidden), "{label}");
+            assert!(response.body().is_empty(), "rejections have an empty body");
+        }
+    }
+}
+
+#[tokio::test]
+async fn no_principal_is_401_with_a_bare_bearer_challenge() {
+    for requirement in [
+        Requirement::authenticated(),
+        Requirement::all(Vec::<String>::new()),
+        Requirement::scope("a"),
+        Requirement::role("admin"),
+        Requirement::max_age(Duration::from_secs(1)),
+    ] {
+        let response = send(&ScopeLayer::new(requirement), None).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(challenge(&response), Some(r#"Bearer realm="api""#));
+        assert_eq!(kind(&response), Some(ErrorKind::Unauthenticated));
+    }
+}
+
+#[tokio::test]
+async fn realm_is_configurable_and_in_every_challenge() {
+    let layer = ScopeLayer::new(
+        Requirement::scope("a").or(Requirement::scope("b").and(Requirement::acr(["mfa"]))),
+    )
+    .realm("orders");
+    let response = send(&layer, None).await;
+    assert_eq!(challenge(&response), Some(r#"Bearer realm="orders""#));
+    let response = send(&layer, Some(principal(&[], &[]))).await;
+    assert_eq!(
+        challenge(&response),
+        Some(r#"Bearer realm="orders", error="insufficient_scope", scope="a""#)
+    );
+    let response = send(&layer, Some(principal(&["b"], &[]))).await;
+    assert_eq!(
+        challenge(&response),
+        Some(
+            r#"Bearer realm="orders", error="insufficient_user_authentication", acr_values="mfa""#
+        )
+    );
+}
+
+fn stepped(clock: &FakeClock, ago: Duration, acr: Option<&str>, scopes: &[&str]) -> Principal {
+    let mut builder =
+        Principal::builder("user-1").scopes(scopes.iter().copied()).auth_time(clock.now() - ago);
+    if let Some(acr) = acr {
+        builder = builder.acr(acr);
+    }
+    builder.build()
+}
+
+#[tokio::test]
+async fn step_up_on_max_age_follows_the_fake_clock() {
+    let clock = FakeClock::new();
+    let layer =
+        ScopeLayer::new(Requirement::max_age(Duration::from_secs(300))).with_clock(clock.clone());
+    let login = stepped(&clock, Duration::ZERO, None, &[]);
+
+    assert_eq!(send(&layer, Some(login.clone())).await.status(), StatusCode::OK);
+    clock.advance(Duration::from_secs(300));
+    assert_eq!(send(&layer, Some(login.clone())).await.status(), StatusCode::OK, "exactly max_age");
+    clock.advance(Duration::from_secs(1));
+    let response = send(&layer, Some(login)).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(kind(&response), Some(ErrorKind::StepUpRequired));
+    assert_eq!(
+        challenge(&response),
+        Some(r#"Bearer realm="api", error="insufficient_user_authentication", max_age="300""#)
+    );
+
+    // No auth_time: cannot prove freshness.
+    let response = send(&layer, Some(principal(&[], &[]))).await;
+    assert_eq!(kind(&response), Some(ErrorKind::StepUpRequired));
+
+    // auth_time ahead of the clock (skew) counts as fresh.
+    let future = Principal::builder("u").auth_time(clock.now() + Duration::from_secs(30)).build();
+    assert_eq!(send(&layer, Some(future)).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn step_up_on_acr_and_combined() {
+    let clock = FakeClock::new();
+    let layer = ScopeLayer::new(
+        Requirement::scope("orders:admin")
+            .and(Requirement::acr(["urn:mfa", "urn:hwk"]))
+            .and(Requirement::max_age(Duration::from_secs(60))),
+    )
+    .with_clock(clock.clone());
+    let expected = r#"Bearer realm="api", error="insufficient_user_authentication", acr_values="urn:mfa urn:hwk", max_age="60""#;
+
+    let ok = stepped(&clock, Duration::from_secs(10), Some("urn:hwk"), &["orders:admin"]);
+    assert_eq!(send(&layer, Some(ok)).await.status(), StatusCode::OK);
+
+    let weak = stepped(&clock, Duration::from_secs(10), Some("urn:pwd"), &["orders:admin"]);
+    let response = send(&layer, Some(weak)).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(challenge(&response), Some(expected));
+
+    let stale = stepped(&clock, Duration::from_secs(61), Some("urn:mfa"), &["orders:admin"]);
+    assert_eq!(challenge(&send(&layer, Some(stale)).await), Some(expected));
+
+    let no_acr = stepped(&clock, Duration::from_secs(1), None, &["orders:admin"]);
+    assert_eq!(challenge(&send(&layer, Some(no_acr)).await), Some(expected));
+
+    // Missing scope and stale: the 403 wins, a new login would not help.
+    let both = stepped(&clock, Duration::from_secs(600), None, &["orders:read"]);
+    let response = send(&layer, Some(both)).await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        challenge(&response),
+        Some(r#"Bearer realm="api", error="insufficient_scope", scope="orders:admin""#)
+    );
+}
+
+#[tokio::test]
+async fn or_asks_to_step_up_for_the_alternative_that_failed_by_freshness() {
+    let clock = FakeClock::new();
+    let layer = ScopeLayer::new(
+        Requirement::scope("payments:small")
+            .and(Requirement::max_age(Duration::from_secs(900)))
+            .or(Requirement::scope("payments:large").and(Requirement::acr(["mfa"]))),
+    )
+    .with_clock(clock.clone());
+
+    let large = stepped(&clock, Duration::from_secs(5), Some("pwd"), &["payments:large"]);
+    let response = send(&layer, Some(large)).await;
+    assert_eq!(
+        challenge(&response),
+        Some(r#"Bearer realm="api", error="insufficient_user_authentication", acr_values="mfa""#)
+    );
+
+    let small = stepped(&clock, Duration::from_secs(1000), None, &["payments:small"]);
+    let response = send(&layer, Some(small)).await;
+    assert_eq!(
+        challenge(&response),
+        Some(r#"Bearer realm="api", error="insufficient_user_authentication", max_age="900""#)
+    );
+
+    let neither = stepped(&clock, Duration::from_secs(1), Some("mfa"), &["payments:read"]);
+    let response = send(&layer, Some(neither)).await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        challenge(&response),
+        Some(r#"Bearer realm="api", error="insufficient_scope", scope="payments:small""#)
+    );
+}
+
+fn get(uri: &str) -> Request<String> {
+    Request::get(uri).body(String::new()).unwrap()
+}
+
+#[tokio::test]
+async fn tenant_in_path_hides_other_tenants_as_404() {
+    let layer = ScopeLayer::new(Requirement::tenant(Tenant::path_segment(1)));
+    let acme = principal(&[], &[]);
+    let ok = send_to(&layer, Some(acme.clone()), get("/tenants/acme/orders")).await;
+    assert_eq!(ok.status(), StatusCode::OK);
+    let encoded = send_to(&layer, Some(acme.clone()), get("/tenants/%61cme/orders?x=1")).await;
+    assert_eq!(encoded.status(), StatusCode::OK);
+
+    for uri in [
+        "/tenants/globex/orders",
+        "/tenants/acmex",
+        "/tenants/ACME",
+        "/tenants",
+        "/",
+        "/tenants/ac%zzme",
+    ] {
+        let response = send_to(&layer, Some(acme.clone()), get(uri)).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{uri}");
+        assert_eq!(kind(&response), Some(ErrorKind::NotFound));
+        assert_eq!(challenge(&response), None, "a 404 says nothing about credentials");
+    }
+    // A principal without a tenant never matches.
+    let nobody = Principal::builder("u").build();
+    let response = send_to(&layer, Some(nobody), get("/tenants/acme/orders")).await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn tenant_in_header_answers_403_when_configured() {
+    let name = HeaderName::from_static("x-tenant-id");
+    let layer = ScopeLayer::new(
+        Requirement::scope("orders:read")
+            .and(Requirement::tenant(Tenant::header(name.clone()).deny_as_forbidden())),
+    );
+    let acme = principal(&["orders:read"], &[]);
+    let with = |values: &[&str]| {
+        let mut request = get("/orders");
+        for value in values {
+            request.headers_mut().append(name.clone(), value.parse().unwrap());
+        }
+        request
+    };
+    assert_eq!(send_to(&layer, Some(acme.clone()), with(&["acme"])).await.status(), StatusCode::OK);
+    for values in [&["globex"][..], &[], &["acme", "acme"], &["acme", "globex"]] {
+        let response = send_to(&layer, Some(acme.clone()), with(values)).await;
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{values:?}");
+        assert_eq!(kind(&response), Some(ErrorKind::Forbidden));
+        assert_eq!(challenge(&response), None, "no scope would help");
+    }
+    // Missing scope and another tenant: the tenant denial is the worse one.
+    let reader = Principal::builder("u").tenant("acme").build();
+    let response = send_to(&layer, Some(reader), with(&["globex"])).await;
+    assert_eq!((response.status(), challenge(&response)), (StatusCode::FORBIDDEN, None));
+
+    let hidden = ScopeLayer::new(Requirement::scope("orders:read").and(Requirement::tenant(
+        Tenant::header(name.clone()).deny_as_forbidden().deny_as_not_found(),
+    )));
+    let response = send_to(&hidden, Some(acme), with(&["globex"])).await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn tenant_or_support_role() {
+    let layer = ScopeLayer::new(
+        Requirement::tenant(Tenant::path_segment(1)).or(Requirement::role("support")),
+    );
+    let support = Principal::builder("s").tenant("internal").roles(["support"]).build();
+    assert_eq!(send_to(&layer, Some(support), get("/tenants/acme")).await.status(), StatusCode::OK);
+    // The best denial of the two: the missing role (403), not the hidden tenant.
+    let other = Principal::builder("o").tenant("globex").build();
+    let response = send_to(&layer, Some(other), get("/tenants/acme")).await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert_eq!(challenge(&response), Some(FORBIDDEN_ROLE));
+}
+
+fn grpc(path: &str) -> Request<String> {
+    Request::post(path).header("content-type", "application/grpc").body(String::new()).unwrap()
+}
+
+#[tokio::test]
+async fn per_method_table_with_deny_by_default() {
+    let layer = ScopeLayer::per_method(
+        MethodRequirements::new()
+            .method("/shop.Orders/Get", Requirement::scope("orders:read"))
+            .unwrap()
+            .method("/shop.Orders/Delete", Requirement::scope("orders:admin"))
+            .unwrap()
+            .service("shop.Orders", Requirement::scope("orders:write"))
+            .unwrap(),
+    );
+    let reader = principal(&["orders:read"], &[]);
+    let status = |r: Response<String>| r.status();
+    assert_eq!(status(send_to(&layer, Some(reader.clone()), grpc("/shop.Orders/Get")).await), 200);
+    let response = send_to(&layer, Some(reader.clone()), grpc("/shop.Orders/Delete")).await;
+    assert_eq!(response.status(), 403);
+    assert_eq!(
+        challenge(&response),
+        Some(r#"Bearer realm="api", error="insufficient_scope", scope="orders:admin""#)
+    );
+    // The service entry covers the other methods.
+    let response = send_to(&layer, Some(reader.clone()), grpc("/shop.Orders/Create")).await;
+    assert_eq!(
+        challenge(&response),
+        Some(r#"Bearer realm="api", error="insufficient_scope", scope="orders:write""#)
+    );
+    // Unmapped: denied, even for a principal with every scope; anonymous still gets 401.
+    let all = principal(&["orders:read", "orders:write", "orders:admin"], &["admin"]);
+    for path in ["/shop.Payments/Pay", "/shop.Orders", "/", "/shop.OrdersX/Get", "/shop.Order/Get"]
+    {
+        let response = send_to(&layer, Some(all.clone()), grpc(path)).await;
+        assert_eq!(response.status(), 403, "{path}");
+        assert_eq!(kind(&response), Some(ErrorKind::Forbidden));
+        assert_eq!(challenge(&response), None);
+        assert_eq!(status(send_to(&layer, None, grpc(path)).await), 401, "{path}");
+    }
+    assert_eq!(status(send_to(&layer, None, grpc("/shop.Orders/Get")).await), 401);
+
+    let open =
+        ScopeLayer::per_method(MethodRequirements::new().unmapped(Requirement::authenticated()));
+    assert_eq!(status(send_to(&open, Some(reader), grpc("/x.Y/Z")).await), 200);
+    assert_eq!(status(send_to(&open, None, grpc("/x.Y/Z")).await), 401);
+}
+
+#[test]
+fn method_table_rejects_bad_paths() {
+    let r = Requirement::authenticated;
+    for path in ["", "/", "shop.Orders/Get", "/shop.Orders", "/shop.Orders/", "//Get", "/a/b/c"] {
+        assert!(MethodRequirements::new().method(path, r()).is_err(), "{path}");
+    }
+    for service in ["", "shop/Orders"] {
+        assert!(MethodRequirements::new().service(service, r()).is_err(), "{service}");
+    }
+    let twice = MethodRequirements::new().method("/a.B/C", r()).unwrap().method("/a.B/C", r());
+    assert!(twice.unwrap_err().message().contains("twice"));
+    let twice = MethodRequirements::new().service("a.B", r()).unwrap().service("a.B", r());
+    assert!(twice.is_err());
+}
+
+#[tokio::test]
+async fn service_builder_require_scope() {
+    let service = ServiceBuilder::new().require_scope(Requirement::scope("a")).service_fn(echo);
+    let mut request = get("/");
+    request.extensions_mut().insert(principal(&["b"], &[]));
+    assert_eq!(service.clone().oneshot(request).await.unwrap().status(), 403);
+    let mut request = get("/");
+    request.extensions_mut().insert(principal(&["a"], &[]));
+    assert_eq!(service.oneshot(request).await.unwrap().status(), 200);
+}
+
+#[test]
+fn debug_and_display() {
+    let layer = ScopeLayer::new(Requirement::scope("a").or(Requirement::role("b")));
+    let debug = format!("{layer:?}");
+    assert!(debug.contains("ScopeLayer"), "{debug}");
+    assert_eq!(
+        format!("{:?}", Requirement::any(["a", "b"]).and(Requirement::acr(["mfa"]))),
+        "Requirement(any(a, b) and acr(mfa))"
+    );
+    assert_eq!(
+        Requirement::tenant(Tenant::header(HeaderName::from_static("x-t")).deny_as_forbidden())
+            .to_string(),
+        "tenant(header x-t, forbidden)"
+    );
+}
+
+// --- logging -------------------------------------------------------------------------------
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Runs `f` with a JSON subscriber at `level` and returns the captured events.
+fn capture(level: tracing::Level, f: impl FnOnce()) -> Vec<serde_json::Value> {
+    let out = Captured::default();
+    let writer = out.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_max_level(level)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    let bytes = out.0.lock().unwrap().clone();
+    String::from_utf8(bytes)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+fn call_sync(layer: &ScopeLayer, principal: Option<Principal>, request: Request<String>) {
+    use tower::Service;
+    let mut request = request;
+    if let Some(principal) = principal {
+        request.extensions_mut().insert(principal);
+    }
+    // The decision (and its event) happens in `call`.
+    drop(layer.layer(service_fn(echo)).call(request));
+}
+
+#[test]
+fn denials_are_logged_with_stable_fields_and_no_token() {
+    let layer = ScopeLayer::new(Requirement::scope("orders:write"));
+    let events = capture(tracing::Level::INFO, || {
+        let mut request = get("/orders?access_token=secret-token");
+        request.headers_mut().insert(header::AUTHORIZATION, "Bearer secret-token".parse().unwrap());
+        call_sync(&layer, Some(principal(&["orders:read"], &[])), request);
+        call_sync(&layer, None, get("/orders"));
+        call_sync(&layer, Some(principal(&["orders:write"], &[])), get("/orders"));
+    });
+    assert_eq!(events.len(), 2, "allowed requests are not logged at info: {events:?}");
+    let forbidden = &events[0];
+    assert_eq!(forbidden["target"], "tower_shield::security");
+    assert_eq!(forbidden["level"], "INFO");
+    let fields = &forbidden["fields"];
+    assert_eq!(fields["event"], "scope.denied");
+    assert_eq!(fields["outcome"], "forbidden");
+    assert_eq!(fields["subject"], "user-1");
+    assert_eq!(fields["tenant"], "acme");
+    assert_eq!(fields["route"], "/orders");
+    assert_eq!(fields["requirement"], "all(orders:write)");
+    assert_eq!(events[1]["fields"]["outcome"], "unauthenticated");
+    assert!(events[1]["fields"].get("subject").is_none());
+    let all = serde_json::to_string(&events).unwrap();
+    assert!(!all.contains("secret-token"), "{all}");
+}
+
+#[test]
+fn step_up_and_allow_events() {
+    let clock = FakeClock::new();
+    let layer =
+        ScopeLayer::new(Requirement::max_age(Duration::from_secs(5))).with_clock(clock.clone());
+    let stale = stepped(&clock, Duration::from_secs(10), None, &[]);
+    let fresh = stepped(&clock, Duration::from_secs(1), None, &[]);
+    let events = capture(tracing::Level::DEBUG, || {
+        call_sync(&layer, Some(stale), get("/pay"));
+        call_sync(&layer, Some(fresh), get("/pay"));
+    });
+    let ours: Vec<_> = events.iter().filter(|e| e["target"] == "tower_shield::security").collect();
+    assert_eq!(ours.len(), 2, "{events:?}");
+    assert_eq!(ours[0]["fields"]["event"], "step_up.required");
+    assert_eq!(ours[0]["fields"]["outcome"], "step_up");
+    assert_eq!(ours[1]["level"], "DEBUG");
+    assert_eq!(ours[1]["fields"]["event"], "scope.allowed");
+}
+
+#[test]
+fn unmapped_method_is_logged_at_warn() {
+    let layer = ScopeLayer::per_method(MethodRequirements::new());
+    let events = capture(tracing::Level::WARN, || {
+        call_sync(&layer, Some(principal(&[], &[])), grpc("/a.B/C"));
+    });
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["fields"]["outcome"], "unmapped");
+    assert_eq!(events[0]["fields"]["route"], "/a.B/C");
+}
+
+// --- policies ------------------------------------------------------------------------------
+
+struct Order {
+    owner: &'static str,
+    tenant: &'static str,
+}
+
+/// Owners may act; colleagues in the same tenant learn it exists but are denied; everyone else
+/// gets a 404.
+struct OrderPolicy;
+
+impl Policy<Order> for OrderPolicy {
+    async fn decide(&self, principal: &Principal, _: &Parts, order: &Order) -> Decision {
+        if principal.subject() == order.owner {
+            Decision::Allow
+        } else if principal.tenant() == Some(order.tenant) {
+            Decision::Deny
+        } else {
+            Decision::NotFound
+        }
+    }
+
+    fn name(&self) -> &str {
+        "order_owner"
+    }
+}
+
+fn parts() -> Parts {
+    Request::get("/orders/1").body(()).unwrap().into_parts().0
+}
+
+#[tokio::test]
+async fn authorize_maps_decisions_to_errors() {
+    let order = Order { owner: "alice", tenant: "acme" };
+    let alice = Principal::builder("alice").tenant("acme").build();
+    let bob = Principal::builder("bob").tenant("acme").build();
+    let eve = Principal::builder("eve").tenant("evil").build();
+    assert!(authorize(&OrderPolicy, &alice, &parts(), &order).await.is_ok());
+    let denied = authorize(&OrderPolicy, &bob, &parts(), &order).await.unwrap_err();
+    assert_eq!((denied.kind(), denied.status()), (ErrorKind::Forbidden, StatusCode::FORBIDDEN));
+    let hidden = authorize(&OrderPolicy, &eve, &parts(), &order).await.unwrap_err();
+    assert_eq!((hidden.kind(), hidden.status()), (ErrorKind::NotFound, StatusCode::NOT_FOUND));
+    // Indistinguishable from a missing order.
+    let missing = Error::new(ErrorKind::NotFound);
+    assert_eq!((hidden.code(), hidden.message()), (missing.code(), missing.message()));
+
+    // A closure is a policy too.
+    let closure = |p: &Principal, _: &Parts, o: &Order| {
+        if p.subject() == o.owner {
+            Decision::Allow
+        } else {
+            Decision::NotFound
+        }
+    };
+    assert!(authorize(&closure, &alice, &parts(), &order).await.is_ok());
+    assert!(authorize(&closure, &bob, &parts(), &order).await.is_err());
+}
+
+#[test]
+fn policy_denials_are_logged_with_the_policy_name() {
+    let order = Order { owner: "alice", tenant: "acme" };
+    let eve = Principal::builder("eve").tenant("evil").build();
+    let events = capture(tracing::Level::INFO, || {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let _ = rt.block_on(authorize(&OrderPolicy, &eve, &parts(), &order));
+    });
+    assert_eq!(events.len(), 1);
+    let fields = &events[0]["fields"];
+    assert_eq!(fields["event"], "scope.denied");
+    assert_eq!(fields["policy"], "order_owner");
+    assert_eq!(fields["outcome"], "not_found");
+    assert_eq!(fields["subject"], "eve");
+    assert_eq!(fields["route"], "/orders/1");
+}
+
+fn order_layer() -> PolicyLayer<OrderPolicy, impl Fn(&Parts) -> Option<Order> + Send + Sync> {
+    PolicyLayer::new(OrderPolicy, |parts: &Parts| match parts.uri.path() {
+        "/orders/1" => Some(Order { owner: "alice", tenant: "acme" }),
+        _ => None,
+    })
+}
+
+#[tokio::test]
+async fn policy_layer_allow_deny_not_found() {
+    let service = order_layer().layer(service_fn(echo));
+    let call = |principal: Option<Principal>, uri: &str| {
+        let mut request = get(uri);
+        if let Some(p) = principal {
+            request.extensions_mut().insert(p);
+        }
+        service.clone().oneshot(request)
+    };
+    let alice = Principal::builder("alice").tenant("acme").build();
+    let bob = Principal::builder("bob").tenant("acme").build();
+    let eve = Principal::builder("eve").tenant("evil").build();
+
+    let ok = call(Some(alice.clone()), "/orders/1").await.unwrap();
+    assert_eq!((ok.status(), ok.body().as_str()), (StatusCode::OK, "ok"));
+    let response = call(Some(bob), "/orders/1").await.unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert_eq!(kind(&response), Some(ErrorKind::Forbidden));
+    let response = call(Some(eve), "/orders/1").await.unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    // No resource can be derived: the same 404.
+    let response = call(Some(alice), "/orders/2").await.unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(kind(&response), Some(ErrorKind::NotFound));
+    let response = call(None, "/orders/1").await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(challenge(&response), Some(r#"Bearer realm="api""#));
+    let realm = order_layer().realm("shop").layer(service_fn(echo));
+    let response = realm.oneshot(get("/orders/1")).await.unwrap();
+    assert_eq!(challenge(&response), Some(r#"Bearer realm="shop""#));
+}
