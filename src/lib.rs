@@ -68,6 +68,8 @@ pub mod principal;
 pub mod auth;
 #[cfg(feature = "envelope")]
 pub mod envelope;
+#[cfg(feature = "validate")]
+pub mod validate;
 
 mod builder;
 
