@@ -39,9 +39,7 @@ pin_project! {
 
 impl<S, F, B> ResponseFuture<S, F, B> {
     pub(crate) fn reading(read: ReadFuture, parts: Parts, inner: S, config: Arc<Config>) -> Self {
-        Self {
-            state: State::Reading { read, parts: Some(parts), inner: Some(inner), config },
-        }
+        Self { state: State::Reading { read, parts: Some(parts), inner: Some(inner), config } }
     }
 
     pub(crate) fn calling(future: F) -> Self {

@@ -75,8 +75,7 @@ pub(crate) fn parse(bytes: &[u8], rules: JsonRules) -> Result<Value, ShapeError>
             }
             ShapeError::new(
                 "duplicate_key",
-                Detail::new(pointer.finish(), "duplicate_key")
-                    .with_message("duplicate object key"),
+                Detail::new(pointer.finish(), "duplicate_key").with_message("duplicate object key"),
             )
         }
         None => syntax_error(&error),

@@ -65,10 +65,8 @@ impl MediaTypes {
                     return true;
                 }
                 let value = value.trim();
-                let value = value
-                    .strip_prefix('"')
-                    .and_then(|v| v.strip_suffix('"'))
-                    .unwrap_or(value);
+                let value =
+                    value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(value);
                 value.eq_ignore_ascii_case("utf-8") || value.eq_ignore_ascii_case("utf8")
             })
     }
@@ -76,8 +74,7 @@ impl MediaTypes {
 
 /// An RFC 9110 token.
 fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 #[cfg(test)]

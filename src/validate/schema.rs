@@ -65,8 +65,7 @@ fn push_details(error: &ValidationError<'_>, details: &mut Vec<Detail>, cap: usi
                 let mut pointer = Pointer::from_escaped(path);
                 pointer.push_name(name);
                 details.push(
-                    Detail::new(pointer.finish(), keyword.clone())
-                        .with_message("unknown property"),
+                    Detail::new(pointer.finish(), keyword.clone()).with_message("unknown property"),
                 );
             }
         }
@@ -186,8 +185,7 @@ mod tests {
         .unwrap();
         let instance = Value::Array(vec![json!("x"); 10_000]);
         assert_eq!(schema.violations(&instance, 20).len(), 20);
-        let schema =
-            Schema::compile(&json!({
+        let schema = Schema::compile(&json!({
             "type": "object",
             "properties": {"a": {"type": "integer"}},
             "additionalProperties": false

@@ -185,11 +185,12 @@ pub(crate) fn after_read(
     if bytes.is_empty() && !config.require_body && bodiless(&parts.method) {
         return Ok(None);
     }
-    if bytes.is_empty() && parts.headers.contains_key(http::header::CONTENT_TYPE)
+    if bytes.is_empty()
+        && parts.headers.contains_key(http::header::CONTENT_TYPE)
         && !config.media.accepts(&parts.headers)
     {
-        let error = Error::new(ErrorKind::UnsupportedMediaType)
-            .with_reason("content type not accepted");
+        let error =
+            Error::new(ErrorKind::UnsupportedMediaType).with_reason("content type not accepted");
         return Err(Rejection::new("content_type", error));
     }
     let value = json::parse(bytes, config.rules).map_err(|shape| {
@@ -214,7 +215,9 @@ pub(crate) fn after_read(
 pub(crate) fn violation_error(status: ViolationStatus) -> Error {
     match status {
         ViolationStatus::BadRequest => Error::new(ErrorKind::InvalidRequest),
-        ViolationStatus::UnprocessableEntity => Error::from_status(StatusCode::UNPROCESSABLE_ENTITY),
+        ViolationStatus::UnprocessableEntity => {
+            Error::from_status(StatusCode::UNPROCESSABLE_ENTITY)
+        }
     }
 }
 

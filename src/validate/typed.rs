@@ -61,7 +61,11 @@ pub(crate) enum Source {
 
 /// Turns a serde error (with its path) into one detail. serde messages quote the input
 /// (`invalid type: string "…", expected u32`), so only their fixed parts are kept.
-pub(crate) fn serde_detail(path: &serde_path_to_error::Path, message: &str, source: Source) -> Detail {
+pub(crate) fn serde_detail(
+    path: &serde_path_to_error::Path,
+    message: &str,
+    source: Source,
+) -> Detail {
     let mut segments: Vec<String> = path
         .iter()
         .filter_map(|s| match s {
@@ -196,7 +200,9 @@ mod tests {
     impl Check for Page {
         fn check(&self) -> Result<(), Vec<Detail>> {
             if self.page == 0 {
-                return Err(vec![Detail::new("query:page", "minimum").with_message("must be at least 1")]);
+                return Err(vec![
+                    Detail::new("query:page", "minimum").with_message("must be at least 1")
+                ]);
             }
             Ok(())
         }
@@ -247,7 +253,10 @@ mod tests {
         let body = serde_json::json!({"quantity": "MARKER", "tags": ["a"]});
         let e = serde_path_to_error::deserialize::<_, Dto>(&body).unwrap_err();
         let d = serde_detail(e.path(), &e.inner().to_string(), Source::Body);
-        assert_eq!((d.field(), d.issue(), d.message()), ("/quantity", "type", Some("expected u32")));
+        assert_eq!(
+            (d.field(), d.issue(), d.message()),
+            ("/quantity", "type", Some("expected u32"))
+        );
         let body = serde_json::json!({"quantity": 1, "tags": [1]});
         let e = serde_path_to_error::deserialize::<_, Dto>(&body).unwrap_err();
         let d = serde_detail(e.path(), &e.inner().to_string(), Source::Body);
