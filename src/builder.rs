@@ -4,6 +4,8 @@ use tower::{layer::util::Stack, ServiceBuilder};
 
 #[cfg(feature = "envelope")]
 use crate::envelope::ErrorEnvelopeLayer;
+#[cfg(feature = "validate")]
+use crate::validate::ValidateLayer;
 
 /// Adds tower-shield's layers to a [`ServiceBuilder`], one method per layer.
 ///
@@ -31,12 +33,22 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
     /// default [`ErrorEnvelopeLayer`]. Put it first (outermost).
     #[cfg(feature = "envelope")]
     fn error_envelope(self) -> ServiceBuilder<Stack<ErrorEnvelopeLayer, L>>;
+
+    /// Validates bodies, query strings and headers with `layer` (see
+    /// [`validate`](crate::validate)).
+    #[cfg(feature = "validate")]
+    fn validate(self, layer: ValidateLayer) -> ServiceBuilder<Stack<ValidateLayer, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     #[cfg(feature = "envelope")]
     fn error_envelope(self) -> ServiceBuilder<Stack<ErrorEnvelopeLayer, L>> {
         self.layer(ErrorEnvelopeLayer::new())
+    }
+
+    #[cfg(feature = "validate")]
+    fn validate(self, layer: ValidateLayer) -> ServiceBuilder<Stack<ValidateLayer, L>> {
+        self.layer(layer)
     }
 }
 

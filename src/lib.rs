@@ -6,6 +6,7 @@
 //! | module | what it does |
 //! |---|---|
 //! | [`envelope`] | request ids, one safe error body for every failure (JSON, RFC 9457 problem details, gRPC status), panic catching |
+//! | [`validate`] | input validation: body size, content type, JSON shape, JSON Schema, typed DTOs, query and headers |
 //! | [`principal`] | who the caller is, as authenticating layers put it in the request |
 //! | [`clock`] | time, replaceable by a fake clock in tests |
 //! | [`body`] | capped body reading for layers that must see the whole body |
@@ -48,6 +49,7 @@
 //! | Name | Description | Default |
 //! |---|---|---|
 //! | `envelope` | [`envelope`]: `ErrorEnvelopeLayer`, request ids | yes |
+//! | `validate` | [`validate`]: `ValidateLayer`, `Validated<T>` (with `axum`) | yes |
 //! | `axum` | `IntoResponse` for [`Error`], extractors for `Principal` and `RequestId` | no |
 //! | `tonic` | `From<Error> for tonic::Status` | no |
 //! | `full` | every feature above | no |

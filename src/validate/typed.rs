@@ -77,9 +77,16 @@ pub(crate) fn serde_detail(
     let (issue, text) = if let Some(rest) = message.strip_prefix("unknown field `") {
         // serde's path stops at the struct; the unknown name is in the message. It is client
         // input: escaped and capped as a pointer segment, like a schema's unknown property.
-        let name = rest.rsplit_once("`, ").map_or(rest.trim_end_matches('`'), |(name, _)| name);
-        if segments.last().map(String::as_str) != Some(name) {
-            segments.push(name.to_owned());
+        // serde_path_to_error's path usually ends with the key already.
+        let known = segments.last().is_some_and(|last| {
+            rest.strip_prefix(last.as_str()).is_some_and(|tail| tail.starts_with('`'))
+        });
+        if !known {
+            let end = rest
+                .rfind("`, expected ")
+                .or_else(|| rest.rfind("`, there are no fields"))
+                .unwrap_or(rest.len());
+            segments.push(rest[..end].to_owned());
         }
         ("unknown_field", "unknown field".to_owned())
     } else if let Some(rest) = message.strip_prefix("missing field `") {
