@@ -324,7 +324,7 @@ async fn no_rejected_value_appears_in_any_response() {
         format!(r#"{{"item":"b","quantity":1,"note":"{m}","note":"{m}"}}"#),
         format!(r#"{{"item":"{m}\"#),
         format!(r#"{{"{m}":1e999}}"#),
-        format!("{m}"),
+        m.to_owned(),
         format!("[\"{m}\", 1] trailing-{m}"),
     ];
     for body in bodies {
