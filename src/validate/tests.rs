@@ -19,7 +19,6 @@ use tower::{service_fn, BoxError, Layer, ServiceExt};
 use super::*;
 use crate::{
     body::Buffered,
-    envelope::ErrorEnvelopeLayer,
     error::Detail,
     test_helpers::{to_bytes, to_json},
     Error,
@@ -310,9 +309,10 @@ async fn json_shape_rules() {
     assert_eq!(rejected(&shallow, json_post("[[[1]]]")).await.0, StatusCode::BAD_REQUEST);
 }
 
+#[cfg(feature = "envelope")]
 #[tokio::test]
 async fn no_rejected_value_appears_in_any_response() {
-    let app = ErrorEnvelopeLayer::new().layer(orders_layer().layer(service_fn(echo)));
+    let app = crate::envelope::ErrorEnvelopeLayer::new().layer(orders_layer().layer(service_fn(echo)));
     let m = "SECRET-MARKER";
     let bodies = [
         format!(r#"{{"item":"{m}","quantity":"{m}"}}"#),

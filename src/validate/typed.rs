@@ -52,6 +52,7 @@ pub trait Check {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Source {
     /// The JSON body: `field` is a JSON pointer (`/items/0/quantity`).
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     Body,
     /// The query string: `field` is `query:<name>`.
     Query,
