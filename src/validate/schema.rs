@@ -36,7 +36,7 @@ impl Schema {
             return details;
         }
         for error in self.validator.iter_errors(instance) {
-            push_details(&error, &mut details, cap);
+            push_details(&error, instance, &mut details, cap);
             if details.len() >= cap {
                 break;
             }
@@ -51,7 +51,7 @@ impl fmt::Debug for Schema {
     }
 }
 
-fn push_details(error: &ValidationError<'_>, details: &mut Vec<Detail>, cap: usize) {
+fn push_details(error: &ValidationError<'_>, root: &Value, details: &mut Vec<Detail>, cap: usize) {
     let path = error.instance_path().as_str();
     let kind = error.kind();
     let keyword = kind.keyword().to_owned();
@@ -66,6 +66,26 @@ fn push_details(error: &ValidationError<'_>, details: &mut Vec<Detail>, cap: usi
                 pointer.push_name(name);
                 details.push(
                     Detail::new(pointer.finish(), keyword.clone()).with_message("unknown property"),
+                );
+            }
+        }
+        // `additionalProperties: false` without `properties`: jsonschema reports the object
+        // once, as a false schema; every property of the instance is then unknown.
+        ValidationErrorKind::FalseSchema
+            if error.schema_path().as_str().ends_with("/additionalProperties")
+                && root.pointer(path).is_some_and(Value::is_object) =>
+        {
+            let names =
+                root.pointer(path).and_then(Value::as_object).into_iter().flat_map(|o| o.keys());
+            for name in names {
+                if details.len() >= cap {
+                    return;
+                }
+                let mut pointer = Pointer::from_escaped(path);
+                pointer.push_name(name);
+                details.push(
+                    Detail::new(pointer.finish(), "additionalProperties")
+                        .with_message("unknown property"),
                 );
             }
         }
@@ -174,6 +194,17 @@ mod tests {
         assert!(!rendered.contains("MARKER"), "{rendered}");
         assert!(!rendered.contains("99999"), "{rendered}");
         assert!(schema.violations(&json!({"item": 1, "quantity": 1}), 20).is_empty());
+    }
+
+    #[test]
+    fn closed_empty_object_names_each_property() {
+        let schema =
+            Schema::compile(&json!({"type": "object", "additionalProperties": false})).unwrap();
+        let details = schema.violations(&json!({"a": 1, "b/": "MARKER"}), 20);
+        let fields: Vec<(&str, &str)> = details.iter().map(|d| (d.field(), d.issue())).collect();
+        assert_eq!(fields, [("/a", "additionalProperties"), ("/b~1", "additionalProperties")]);
+        assert_eq!(schema.violations(&json!({"a": 1, "b": 2, "c": 3}), 2).len(), 2);
+        assert!(schema.violations(&json!({}), 20).is_empty());
     }
 
     #[test]

@@ -312,7 +312,8 @@ async fn json_shape_rules() {
 #[cfg(feature = "envelope")]
 #[tokio::test]
 async fn no_rejected_value_appears_in_any_response() {
-    let app = crate::envelope::ErrorEnvelopeLayer::new().layer(orders_layer().layer(service_fn(echo)));
+    let app =
+        crate::envelope::ErrorEnvelopeLayer::new().layer(orders_layer().layer(service_fn(echo)));
     let m = "SECRET-MARKER";
     let bodies = [
         format!(r#"{{"item":"{m}","quantity":"{m}"}}"#),
