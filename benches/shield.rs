@@ -12,6 +12,7 @@ use tower::{Service, ServiceExt};
 
 mod envelope;
 mod scope;
+mod validate;
 
 /// A bare axum router with one route: the baseline every layer is compared with.
 pub(crate) fn bare_router() -> Router {
@@ -57,5 +58,5 @@ fn baseline(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, baseline, envelope::benches, scope::benches);
+criterion_group!(benches, baseline, envelope::benches, scope::benches, validate::benches);
 criterion_main!(benches);

@@ -7,6 +7,8 @@ use tower::{layer::util::Stack, ServiceBuilder};
 use crate::envelope::ErrorEnvelopeLayer;
 #[cfg(feature = "scope")]
 use crate::scope::{Requirement, ScopeLayer};
+#[cfg(feature = "validate")]
+use crate::validate::ValidateLayer;
 
 /// Adds tower-shield's layers to a [`ServiceBuilder`], one method per layer.
 ///
@@ -39,6 +41,11 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
     /// [`ScopeLayer`] (realm `"api"`, system clock). Put it inside the authenticating layer.
     #[cfg(feature = "scope")]
     fn require_scope(self, requirement: Requirement) -> ServiceBuilder<Stack<ScopeLayer, L>>;
+
+    /// Validates bodies, query strings and headers with `layer` (see
+    /// [`validate`](crate::validate)).
+    #[cfg(feature = "validate")]
+    fn validate(self, layer: ValidateLayer) -> ServiceBuilder<Stack<ValidateLayer, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
@@ -50,6 +57,11 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     #[cfg(feature = "scope")]
     fn require_scope(self, requirement: Requirement) -> ServiceBuilder<Stack<ScopeLayer, L>> {
         self.layer(ScopeLayer::new(requirement))
+    }
+
+    #[cfg(feature = "validate")]
+    fn validate(self, layer: ValidateLayer) -> ServiceBuilder<Stack<ValidateLayer, L>> {
+        self.layer(layer)
     }
 }
 

@@ -7,6 +7,7 @@
 //! |---|---|
 //! | [`envelope`] | request ids, one safe error body for every failure (JSON, RFC 9457 problem details, gRPC status), panic catching |
 //! | [`scope`] | authorization: scopes, roles, step-up (RFC 9470), tenant isolation, resource policies |
+//! | [`validate`] | input validation: body size, content type, JSON shape, JSON Schema, typed DTOs, query and headers |
 //! | [`principal`] | who the caller is, as authenticating layers put it in the request |
 //! | [`clock`] | time, replaceable by a fake clock in tests |
 //! | [`body`] | capped body reading for layers that must see the whole body |
@@ -52,6 +53,7 @@
 //! | `envelope` | [`envelope`]: `ErrorEnvelopeLayer`, request ids | yes |
 //! | `telemetry` | [`telemetry`]: security event target, redaction helpers | yes |
 //! | `scope` | [`scope`]: `ScopeLayer`, `Requirement`, `Policy` | yes |
+//! | `validate` | [`validate`]: `ValidateLayer`, `Validated<T>` (with `axum`) | yes |
 //! | `axum` | `IntoResponse` for [`Error`], extractors for `Principal` and `RequestId` | no |
 //! | `tonic` | `From<Error> for tonic::Status` | no |
 //! | `full` | every feature above | no |
@@ -76,6 +78,8 @@ pub mod auth;
 pub mod envelope;
 #[cfg(feature = "scope")]
 pub mod scope;
+#[cfg(feature = "validate")]
+pub mod validate;
 
 mod builder;
 

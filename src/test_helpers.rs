@@ -62,3 +62,60 @@ pub(crate) fn unique_prefix(test: &str) -> String {
         .map_or(0, |d| d.as_nanos());
     format!("tstest:{test}:{}:{nanos}:{}:", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
+
+/// Runs `f` with every `tracing` event it emits on this thread captured as JSON, and returns
+/// its result with the events at `level` or more severe.
+///
+/// One global subscriber (installed once, at TRACE) writes into a buffer of the calling thread.
+/// Scoped subscribers (`with_default`) in parallel tests race on tracing's global max level and
+/// callsite cache and lose events now and then; a single global one does not.
+pub(crate) fn capture_events<R>(
+    level: tracing::Level,
+    f: impl FnOnce() -> R,
+) -> (R, Vec<serde_json::Value>) {
+    use std::{cell::RefCell, sync::Once};
+
+    thread_local! {
+        static BUFFER: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+    }
+    struct ThreadBuffer;
+    impl std::io::Write for ThreadBuffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            BUFFER.with(|b| {
+                if let Some(buffer) = b.borrow_mut().as_mut() {
+                    buffer.extend_from_slice(bytes);
+                }
+            });
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(|| ThreadBuffer)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("no other global subscriber");
+    });
+
+    BUFFER.with(|b| *b.borrow_mut() = Some(Vec::new()));
+    let result = f();
+    let bytes = BUFFER.with(|b| b.borrow_mut().take()).unwrap_or_default();
+    let events = String::from_utf8(bytes)
+        .expect("JSON logs are UTF-8")
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("a JSON event"))
+        .filter(|event| {
+            let event_level: tracing::Level = event["level"]
+                .as_str()
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(tracing::Level::TRACE);
+            event_level <= level
+        })
+        .collect();
+    (result, events)
+}

@@ -1,10 +1,9 @@
 //! Authorization under axum: a real server on 127.0.0.1:0 behind the envelope, a real client.
 #![cfg(all(feature = "scope", feature = "axum", feature = "envelope"))]
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-};
+mod common;
+
+use std::net::SocketAddr;
 
 use axum::{
     extract::{Path, Request},
@@ -215,29 +214,9 @@ async fn tenant_path_mismatch_is_a_404_envelope() {
     assert_eq!(body["code"], "not_found");
 }
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[test]
 fn denials_log_the_matched_route_template() {
-    let out = Captured::default();
-    let writer = out.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_max_level(tracing::Level::INFO)
-        .with_writer(move || writer.clone())
-        .finish();
-    tracing::subscriber::with_default(subscriber, || {
+    let ((), events) = common::capture_events(tracing::Level::INFO, || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let request = axum::http::Request::delete("/orders/42")
             .header("x-test-sub", "alice")
@@ -247,12 +226,10 @@ fn denials_log_the_matched_route_template() {
         let response = rt.block_on(app().oneshot(request)).unwrap();
         assert_eq!(response.status(), StatusCode::FORBIDDEN);
     });
-    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
-    let event: Value = text
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+    let event = events
+        .iter()
         .find(|e| e["fields"]["event"] == "scope.denied")
-        .unwrap_or_else(|| panic!("no scope.denied event in {text}"));
+        .unwrap_or_else(|| panic!("no scope.denied event in {events:?}"));
     assert_eq!(event["fields"]["route"], "/orders/{id}");
     assert_eq!(event["fields"]["requirement"], "all(orders:admin)");
     assert_eq!(event["fields"]["subject"], "alice");

@@ -1,8 +1,4 @@
-use std::{
-    convert::Infallible,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{convert::Infallible, time::Duration};
 
 use http::{header, request::Parts, HeaderName, Request, Response, StatusCode};
 use tower::{service_fn, Layer, ServiceBuilder, ServiceExt};
@@ -483,35 +479,9 @@ fn debug_and_display() {
 
 // --- logging -------------------------------------------------------------------------------
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Runs `f` with a JSON subscriber at `level` and returns the captured events.
 fn capture(level: tracing::Level, f: impl FnOnce()) -> Vec<serde_json::Value> {
-    let out = Captured::default();
-    let writer = out.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_max_level(level)
-        .with_writer(move || writer.clone())
-        .finish();
-    tracing::subscriber::with_default(subscriber, f);
-    let bytes = out.0.lock().unwrap().clone();
-    String::from_utf8(bytes)
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
+    crate::test_helpers::capture_events(level, f).1
 }
 
 fn call_sync(layer: &ScopeLayer, principal: Option<Principal>, request: Request<String>) {
