@@ -2,6 +2,8 @@
 
 use tower::{layer::util::Stack, ServiceBuilder};
 
+#[cfg(feature = "auth")]
+use crate::auth::AuthLayer;
 #[cfg(feature = "envelope")]
 use crate::envelope::ErrorEnvelopeLayer;
 
@@ -31,12 +33,24 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
     /// default [`ErrorEnvelopeLayer`]. Put it first (outermost).
     #[cfg(feature = "envelope")]
     fn error_envelope(self) -> ServiceBuilder<Stack<ErrorEnvelopeLayer, L>>;
+
+    /// Authenticates requests with `layer` (an [`AuthLayer`]): a [`Principal`] in the request
+    /// extensions, or a 401.
+    ///
+    /// [`Principal`]: crate::principal::Principal
+    #[cfg(feature = "auth")]
+    fn authenticate(self, layer: AuthLayer) -> ServiceBuilder<Stack<AuthLayer, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     #[cfg(feature = "envelope")]
     fn error_envelope(self) -> ServiceBuilder<Stack<ErrorEnvelopeLayer, L>> {
         self.layer(ErrorEnvelopeLayer::new())
+    }
+
+    #[cfg(feature = "auth")]
+    fn authenticate(self, layer: AuthLayer) -> ServiceBuilder<Stack<AuthLayer, L>> {
+        self.layer(layer)
     }
 }
 

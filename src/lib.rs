@@ -6,6 +6,7 @@
 //! | module | what it does |
 //! |---|---|
 //! | [`envelope`] | request ids, one safe error body for every failure (JSON, RFC 9457 problem details, gRPC status), panic catching |
+//! | [`auth`] | credentials (JWT, API keys) → a [`Principal`](principal::Principal) in the request, 401 otherwise |
 //! | [`principal`] | who the caller is, as authenticating layers put it in the request |
 //! | [`clock`] | time, replaceable by a fake clock in tests |
 //! | [`body`] | capped body reading for layers that must see the whole body |
@@ -48,6 +49,8 @@
 //! | Name | Description | Default |
 //! |---|---|---|
 //! | `envelope` | [`envelope`]: `ErrorEnvelopeLayer`, request ids | yes |
+//! | `auth` | [`auth`]: `AuthLayer`, JWT (aws-lc-rs backend), API keys, revocation | yes |
+//! | `jwt-rust-crypto` | jsonwebtoken's RustCrypto backend (aws-lc-rs is installed when both are on) | no |
 //! | `axum` | `IntoResponse` for [`Error`], extractors for `Principal` and `RequestId` | no |
 //! | `tonic` | `From<Error> for tonic::Status` | no |
 //! | `full` | every feature above | no |

@@ -1,5 +1,23 @@
 //! Authentication: turns a credential into a [`Principal`](crate::principal::Principal).
 
+mod authenticator;
+mod cache;
+mod future;
+pub mod jwt;
 mod key;
+mod layer;
+mod public;
+pub mod revocation;
+mod service;
 
-pub use self::key::VerifyingKey;
+pub use self::{
+    authenticator::{AuthRequest, Authenticator, Authorization, BoxAuthFuture, Verdict},
+    future::ResponseFuture,
+    key::VerifyingKey,
+    layer::AuthLayer,
+    revocation::{MemoryRevocation, Revocation},
+    service::Auth,
+};
+
+#[cfg(test)]
+mod tests;
