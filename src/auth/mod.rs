@@ -1,5 +1,6 @@
 //! Authentication: turns a credential into a [`Principal`](crate::principal::Principal).
 
+pub mod api_key;
 mod authenticator;
 mod cache;
 mod future;
