@@ -281,3 +281,272 @@ mod tests {
         assert_eq!(store.len(), 1);
     }
 }
+
+#[cfg(feature = "redis")]
+pub use self::redis_store::RedisRevocation;
+
+#[cfg(feature = "redis")]
+mod redis_store {
+    use std::{
+        fmt,
+        sync::Arc,
+        time::{Duration, SystemTime},
+    };
+
+    use redis::aio::ConnectionManager;
+    use sha2::{Digest, Sha256};
+
+    use super::{unix, BoxRevocationFuture, Revocation, RevocationCheck, RevocationQuery};
+    use crate::{
+        clock::{Clock, SystemClock},
+        Error, ErrorKind,
+    };
+
+    /// Keeps the later of two "revoked before" times.
+    const SUBJECT_SCRIPT: &str = r"
+local current = redis.call('GET', KEYS[1])
+if (not current) or tonumber(current) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+else
+  local ttl = redis.call('TTL', KEYS[1])
+  if ttl < tonumber(ARGV[2]) then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+end
+return 1
+";
+
+    /// A [`Revocation`] store in Redis (feature `redis`), shared by every instance of a
+    /// service.
+    ///
+    /// Keys are `<prefix>jti:<sha256(jti)>` and `<prefix>sub:<sha256(subject)>` (hashed, so a
+    /// token's claims cannot shape the key space), each with a TTL: a `jti` entry lives until
+    /// the token's `exp`, a subject entry for the TTL given to
+    /// [`revoke_subject`](Revocation::revoke_subject).
+    ///
+    /// Every call has a timeout (default 250 ms). When Redis fails or is slow, the check
+    /// fails closed: 503 `service_unavailable`, logged as a `backend.failure` security event.
+    #[derive(Clone)]
+    pub struct RedisRevocation {
+        connection: ConnectionManager,
+        prefix: Arc<str>,
+        timeout: Duration,
+        clock: Arc<dyn Clock>,
+        subject_script: Arc<redis::Script>,
+    }
+
+    impl RedisRevocation {
+        /// A store on `connection`, with key prefix `tower_shield:revoked:`.
+        pub fn new(connection: ConnectionManager) -> Self {
+            Self {
+                connection,
+                prefix: Arc::from("tower_shield:revoked:"),
+                timeout: Duration::from_millis(250),
+                clock: Arc::new(SystemClock),
+                subject_script: Arc::new(redis::Script::new(SUBJECT_SCRIPT)),
+            }
+        }
+
+        /// The key prefix (default `tower_shield:revoked:`).
+        #[must_use]
+        pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+            self.prefix = Arc::from(prefix.into());
+            self
+        }
+
+        /// The timeout of each Redis call (default 250 ms).
+        #[must_use]
+        pub fn timeout(mut self, timeout: Duration) -> Self {
+            self.timeout = timeout;
+            self
+        }
+
+        /// Replaces the clock used to compute TTLs.
+        #[must_use]
+        pub fn with_clock(mut self, clock: impl Clock) -> Self {
+            self.clock = Arc::new(clock);
+            self
+        }
+
+        fn key(&self, kind: &str, value: &str) -> String {
+            let digest = Sha256::digest(value.as_bytes());
+            let mut key = String::with_capacity(self.prefix.len() + kind.len() + 65);
+            key.push_str(&self.prefix);
+            key.push_str(kind);
+            key.push(':');
+            for b in digest {
+                use fmt::Write;
+                let _ = write!(key, "{b:02x}");
+            }
+            key
+        }
+    }
+
+    fn unavailable(error: impl Into<crate::BoxError>) -> Error {
+        let error = error.into();
+        tracing::warn!(
+            target: "tower_shield::security",
+            event = "backend.failure",
+            backend = "redis_revocation",
+            reason = %error,
+        );
+        Error::new(ErrorKind::ServiceUnavailable)
+            .with_reason("revocation store unavailable")
+            .with_source(error)
+    }
+
+    async fn timed<T>(
+        timeout: Duration,
+        future: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, Error> {
+        match tokio::time::timeout(timeout, future).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(unavailable(e)),
+            Err(_) => Err(unavailable("redis call timed out")),
+        }
+    }
+
+    impl Revocation for RedisRevocation {
+        fn check(&self, query: &RevocationQuery<'_>) -> RevocationCheck {
+            let mut pipe = redis::pipe();
+            pipe.get(self.key("sub", query.subject));
+            let has_jti = query.jti.is_some();
+            if let Some(jti) = query.jti {
+                pipe.get(self.key("jti", jti));
+            }
+            let issued_at = query.issued_at.map(unix);
+            let mut connection = self.connection.clone();
+            let timeout = self.timeout;
+            RevocationCheck::Pending(Box::pin(async move {
+                let (subject, jti): (Option<u64>, Option<String>) = if has_jti {
+                    timed(timeout, pipe.query_async(&mut connection)).await?
+                } else {
+                    let (subject,): (Option<u64>,) =
+                        timed(timeout, pipe.query_async(&mut connection)).await?;
+                    (subject, None)
+                };
+                let subject_revoked =
+                    subject.is_some_and(|before| issued_at.is_none_or(|iat| iat < before));
+                Ok(jti.is_some() || subject_revoked)
+            }))
+        }
+
+        fn revoke_jti(&self, jti: &str, expires_at: SystemTime) -> BoxRevocationFuture<()> {
+            let ttl = unix(expires_at).saturating_sub(unix(self.clock.now()));
+            let key = self.key("jti", jti);
+            let mut connection = self.connection.clone();
+            let timeout = self.timeout;
+            Box::pin(async move {
+                if ttl == 0 {
+                    return Ok(()); // already expired: rejected anyway
+                }
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(&key).arg(1).arg("EX").arg(ttl);
+                timed(timeout, cmd.query_async::<()>(&mut connection)).await
+            })
+        }
+
+        fn revoke_subject(
+            &self,
+            subject: &str,
+            issued_before: SystemTime,
+            ttl: Duration,
+        ) -> BoxRevocationFuture<()> {
+            let key = self.key("sub", subject);
+            let before = unix(issued_before);
+            let ttl = ttl.as_secs().max(1);
+            let script = Arc::clone(&self.subject_script);
+            let mut connection = self.connection.clone();
+            let timeout = self.timeout;
+            Box::pin(async move {
+                let mut invocation = script.key(key);
+                invocation.arg(before).arg(ttl);
+                timed(timeout, invocation.invoke_async::<i64>(&mut connection)).await.map(drop)
+            })
+        }
+    }
+
+    impl fmt::Debug for RedisRevocation {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("RedisRevocation")
+                .field("prefix", &self.prefix)
+                .field("timeout", &self.timeout)
+                .finish_non_exhaustive()
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use std::time::Duration;
+
+        use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+        use super::*;
+        use crate::{
+            clock::FakeClock,
+            test_helpers::{redis_url, unique_prefix},
+        };
+
+        async fn check(store: &RedisRevocation, query: RevocationQuery<'_>) -> Result<bool, Error> {
+            match store.check(&query) {
+                RevocationCheck::Pending(f) => f.await,
+                RevocationCheck::Ready(r) => r,
+            }
+        }
+
+        #[tokio::test]
+        async fn revocations_in_redis() {
+            let Some(url) = redis_url() else { return };
+            let client = redis::Client::open(url).unwrap();
+            let mut raw = ConnectionManager::new(client.clone()).await.unwrap();
+            let connection = ConnectionManager::new(client).await.unwrap();
+            let clock = FakeClock::new();
+            let prefix = unique_prefix("revocation");
+            let store = RedisRevocation::new(connection).prefix(&prefix).with_clock(clock.clone());
+            let now = clock.now();
+            let q = RevocationQuery { jti: Some("t1"), subject: "alice", issued_at: Some(now) };
+            assert!(!check(&store, q).await.unwrap());
+            store.revoke_jti("t1", now + Duration::from_secs(120)).await.unwrap();
+            assert!(check(&store, q).await.unwrap());
+            assert!(!check(&store, RevocationQuery { jti: Some("t2"), ..q }).await.unwrap());
+            let ttl: i64 = redis::cmd("TTL")
+                .arg(store.key("jti", "t1"))
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+            assert!((1..=120).contains(&ttl), "ttl {ttl}");
+            // The key is hashed and prefixed: the raw jti never appears.
+            assert!(store.key("jti", "t1").starts_with(&prefix));
+            assert!(!store.key("jti", "t1").contains("t1"));
+
+            let later = now + Duration::from_secs(10);
+            store.revoke_subject("bob", later, Duration::from_secs(3600)).await.unwrap();
+            // An earlier time never lowers the mark.
+            store.revoke_subject("bob", now, Duration::from_secs(3600)).await.unwrap();
+            let bob = RevocationQuery { jti: None, subject: "bob", issued_at: Some(now) };
+            assert!(check(&store, bob).await.unwrap());
+            assert!(check(&store, RevocationQuery { issued_at: None, ..bob }).await.unwrap());
+            let fresh = RevocationQuery { issued_at: Some(later + Duration::from_secs(1)), ..bob };
+            assert!(!check(&store, fresh).await.unwrap());
+
+            let _: () = redis::cmd("DEL")
+                .arg(store.key("jti", "t1"))
+                .arg(store.key("sub", "bob"))
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+        }
+
+        #[tokio::test]
+        async fn unreachable_redis_fails_closed() {
+            // A port nothing listens on.
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+            let config = ConnectionManagerConfig::new().set_number_of_retries(0);
+            let connection = ConnectionManager::new_lazy_with_config(client, config).unwrap();
+            let store = RedisRevocation::new(connection).timeout(Duration::from_secs(5));
+            let q = RevocationQuery { jti: Some("t1"), subject: "alice", issued_at: None };
+            let error = check(&store, q).await.unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::ServiceUnavailable);
+            assert_eq!(error.reason(), Some("revocation store unavailable"));
+        }
+    }
+}
