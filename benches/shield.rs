@@ -10,6 +10,8 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http::{Request, StatusCode};
 use tower::{Service, ServiceExt};
 
+#[cfg(feature = "auth")]
+mod auth;
 mod envelope;
 
 /// A bare axum router with one route: the baseline every layer is compared with.
@@ -56,5 +58,8 @@ fn baseline(c: &mut Criterion) {
     });
 }
 
+#[cfg(feature = "auth")]
+criterion_group!(benches, baseline, envelope::benches, auth::benches);
+#[cfg(not(feature = "auth"))]
 criterion_group!(benches, baseline, envelope::benches);
 criterion_main!(benches);

@@ -17,7 +17,6 @@ use tower_shield::{
     principal::Principal,
 };
 
-#[allow(dead_code)]
 mod common;
 
 const SECRET: &[u8] = b"an end-to-end test secret, 32+ bytes";
@@ -98,10 +97,8 @@ async fn statuses_challenges_and_envelopes() {
         .header(http::HeaderName::from_static("x-api-key"))
         .with_key(key.id(), key.hash(), Principal::builder("billing"))
         .unwrap();
-    let auth = AuthLayer::new(jwt(None))
-        .or(api_keys)
-        .add_public(http::Method::GET, "/health")
-        .unwrap();
+    let auth =
+        AuthLayer::new(jwt(None)).or(api_keys).add_public(http::Method::GET, "/health").unwrap();
     let base = format!("http://{}", serve(app(auth)).await);
     let client = client();
     let url = |path: &str| format!("{base}{path}");
@@ -111,7 +108,8 @@ async fn statuses_challenges_and_envelopes() {
     assert_eq!(ok.text().await.unwrap(), "alice");
 
     let missing = client.get(url("/orders")).send().await.unwrap();
-    check(missing, StatusCode::UNAUTHORIZED, Some(r#"Bearer realm="api""#), "unauthenticated").await;
+    check(missing, StatusCode::UNAUTHORIZED, Some(r#"Bearer realm="api""#), "unauthenticated")
+        .await;
 
     let mut expired = claims("b");
     expired["exp"] = json!(now() - 3600);
@@ -134,7 +132,8 @@ async fn statuses_challenges_and_envelopes() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    let response = client.get(url("/orders")).header("x-api-key", "sk_test_x_y").send().await.unwrap();
+    let response =
+        client.get(url("/orders")).header("x-api-key", "sk_test_x_y").send().await.unwrap();
     check(response, StatusCode::UNAUTHORIZED, Some(invalid), "invalid_token").await;
 
     // Public route, and path tricks that must not reach it unauthenticated.

@@ -1,6 +1,6 @@
 //! API keys: `sk_live_<id>_<secret>`, stored only as SHA-256 hashes.
 //!
-//! [`ApiKeys`] is an [`Authenticator`](super::Authenticator) for `Authorization: ApiKey <key>`
+//! [`ApiKeys`] is an [`Authenticator`] for `Authorization: ApiKey <key>`
 //! and, when configured, a header such as `X-API-Key` (never the query string). A key is
 //! `<prefix>_<id>_<secret>`: the id selects the stored entry, and the SHA-256 of the whole
 //! presented key is compared in constant time with the stored hash. Only hashes are stored,
@@ -421,8 +421,6 @@ mod tests {
         assert!(verdict(&keys, &HeaderMap::new()).unwrap().is_none());
         let bearer = with(header::AUTHORIZATION, &format!("Bearer {}", generated.key()));
         assert!(verdict(&keys, &bearer).unwrap().is_none());
-        let keys = keys.clone();
-        let _ = keys;
     }
 
     #[test]
@@ -488,7 +486,8 @@ mod tests {
         assert!(keys.is_empty());
         let generated = generate("sk").unwrap();
         assert!(!format!("{generated:?}").contains(generated.key()));
-        keys.insert(generated.id(), &generated.hash().to_uppercase(), Principal::builder("s")).unwrap();
+        keys.insert(generated.id(), &generated.hash().to_uppercase(), Principal::builder("s"))
+            .unwrap();
         let debug = format!("{keys:?}");
         assert!(!debug.contains(generated.hash()), "{debug}");
     }

@@ -1,6 +1,6 @@
 //! JSON Web Token access tokens (RFC 9068, RFC 8725), verified locally.
 //!
-//! [`Jwt`] is an [`Authenticator`](super::Authenticator) for `Authorization: Bearer <jwt>`.
+//! [`Jwt`] is an [`Authenticator`] for `Authorization: Bearer <jwt>`.
 //! Build it with [`Jwt::builder`]: keys, the accepted issuer(s) and audience(s) are required.
 //!
 //! What a token must pass, in order (any failure is a 401 `invalid_token` whose public
@@ -190,9 +190,11 @@ impl Jwt {
     /// No revocation store is configured, the token is not valid (a token that is not valid
     /// needs no revocation), it has no `jti`, or the store fails.
     pub async fn revoke(&self, token: &str) -> Result<(), Error> {
-        let revocation = self.inner.revocation.as_ref().ok_or_else(|| {
-            Error::internal("Jwt::revoke needs JwtBuilder::with_revocation")
-        })?;
+        let revocation = self
+            .inner
+            .revocation
+            .as_ref()
+            .ok_or_else(|| Error::internal("Jwt::revoke needs JwtBuilder::with_revocation"))?;
         let verified = match verify_signed(&self.inner, token, false) {
             Signed::Verified(v) => v,
             Signed::Rejected(e) => return Err(e),
@@ -395,7 +397,9 @@ impl JwtBuilder {
             }
             (None, false) => Arc::new(StaticKeys::new(self.keys)),
             (Some(source), true) => source,
-            (Some(source), false) => Arc::new(Combined { keys: StaticKeys::new(self.keys), source }),
+            (Some(source), false) => {
+                Arc::new(Combined { keys: StaticKeys::new(self.keys), source })
+            }
         };
         if self.issuers.is_empty() && !self.skip_issuer {
             return Err(ConfigError::new(
@@ -590,9 +594,7 @@ fn verify_signed(inner: &Inner, token: &str, allow_refresh: bool) -> Signed {
 
 fn typ_matches(sent: &str, wanted: &str) -> bool {
     sent.eq_ignore_ascii_case(wanted)
-        || sent
-            .get(..12)
-            .is_some_and(|p| p.eq_ignore_ascii_case("application/"))
+        || sent.get(..12).is_some_and(|p| p.eq_ignore_ascii_case("application/"))
             && sent[12..].eq_ignore_ascii_case(wanted)
 }
 
@@ -770,11 +772,8 @@ fn validate_claims(inner: &Inner, parsed: &Parsed<'_>, now: u64) -> Result<Verif
             return Err("jwt: audience not accepted");
         }
     }
-    let subject = claims
-        .get("sub")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .ok_or("jwt: no sub")?;
+    let subject =
+        claims.get("sub").and_then(Value::as_str).filter(|s| !s.is_empty()).ok_or("jwt: no sub")?;
 
     let mut principal = Principal::builder(subject).auth_method(AuthMethod::Jwt);
     let scopes = match claims.get("scope") {

@@ -56,8 +56,10 @@
 //! let service = ServiceBuilder::new()
 //!     .layer(AuthLayer::new(jwt).add_public(http::Method::GET, "/health")?)
 //!     .service_fn(|request: Request<Full<Bytes>>| async move {
-//!         let who = request.extensions().get::<Principal>().map(|p| p.subject().to_owned());
-//!         Ok::<_, std::convert::Infallible>(Response::new(Full::from(who.unwrap_or_default())))
+//!         let who: Option<String> =
+//!             request.extensions().get::<Principal>().map(|p| p.subject().to_owned());
+//!         let body = Full::<Bytes>::from(who.unwrap_or_default());
+//!         Ok::<_, std::convert::Infallible>(Response::new(body))
 //!     });
 //!
 //! // No credential: 401 with a challenge.

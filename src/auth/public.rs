@@ -44,10 +44,7 @@ fn is_ambiguous(path: &str) -> bool {
     for (i, &b) in bytes.iter().enumerate() {
         if b == b'%' {
             let hex = bytes.get(i + 1..i + 3);
-            if matches!(
-                hex,
-                Some(b"2f" | b"2F" | b"2e" | b"2E" | b"5c" | b"5C" | b"25" | b"00")
-            ) {
+            if matches!(hex, Some(b"2f" | b"2F" | b"2e" | b"2E" | b"5c" | b"5C" | b"25" | b"00")) {
                 return true;
             }
         }

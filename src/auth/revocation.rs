@@ -149,8 +149,9 @@ impl MemoryRevocation {
                     backend = "memory_revocation",
                     reason = "revocation store full",
                 );
-                return Err(Error::new(ErrorKind::ServiceUnavailable)
-                    .with_reason("revocation store full"));
+                return Err(
+                    Error::new(ErrorKind::ServiceUnavailable).with_reason("revocation store full")
+                );
             }
         }
         f(&mut state);
@@ -507,11 +508,8 @@ return 1
             store.revoke_jti("t1", now + Duration::from_secs(120)).await.unwrap();
             assert!(check(&store, q).await.unwrap());
             assert!(!check(&store, RevocationQuery { jti: Some("t2"), ..q }).await.unwrap());
-            let ttl: i64 = redis::cmd("TTL")
-                .arg(store.key("jti", "t1"))
-                .query_async(&mut raw)
-                .await
-                .unwrap();
+            let ttl: i64 =
+                redis::cmd("TTL").arg(store.key("jti", "t1")).query_async(&mut raw).await.unwrap();
             assert!((1..=120).contains(&ttl), "ttl {ttl}");
             // The key is hashed and prefixed: the raw jti never appears.
             assert!(store.key("jti", "t1").starts_with(&prefix));
@@ -538,7 +536,8 @@ return 1
         #[tokio::test]
         async fn unreachable_redis_fails_closed() {
             // A port nothing listens on.
-            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let port =
+                std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
             let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
             let config = ConnectionManagerConfig::new().set_number_of_retries(0);
             let connection = ConnectionManager::new_lazy_with_config(client, config).unwrap();

@@ -71,12 +71,12 @@ fn raw(header: &Value, claims: &Value, signature: &str) -> String {
     format!("{}.{}.{signature}", b64(header), b64(claims))
 }
 
-fn mint_with(header: jsonwebtoken::Header, claims: &Value, key: &EncodingKey) -> String {
-    jsonwebtoken::encode(&header, claims, key).unwrap()
+fn mint_with(header: &jsonwebtoken::Header, claims: &Value, key: &EncodingKey) -> String {
+    jsonwebtoken::encode(header, claims, key).unwrap()
 }
 
 fn mint(alg: Algorithm, key: &EncodingKey, claims: &Value) -> String {
-    mint_with(jsonwebtoken::Header::new(alg), claims, key)
+    mint_with(&jsonwebtoken::Header::new(alg), claims, key)
 }
 
 fn hs256(claims: &Value) -> String {
@@ -158,7 +158,8 @@ fn error(response: &Response<Body>) -> &Error {
 async fn valid_token_puts_the_principal_in_the_request() {
     let clock = FakeClock::new();
     let layer = AuthLayer::new(hs_jwt(&clock));
-    let response = call(&layer, get("/orders", Some(&format!("Bearer {}", hs256(&claims()))))).await;
+    let response =
+        call(&layer, get("/orders", Some(&format!("Bearer {}", hs256(&claims()))))).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(body(response).await, "alice");
 }
@@ -201,7 +202,8 @@ async fn malformed_authorization_is_400_invalid_request() {
     non_ascii
         .headers_mut()
         .insert(header::AUTHORIZATION, HeaderValue::from_bytes(b"Bearer \xff\xfe").unwrap());
-    for request in [two, non_ascii, get("/orders", Some("Bearer")), get("/orders", Some("Bearer a b"))]
+    for request in
+        [two, non_ascii, get("/orders", Some("Bearer")), get("/orders", Some("Bearer a b"))]
     {
         let response = call(&layer, request).await;
         assert_eq!(response.status(), StatusCode::BAD_REQUEST);
@@ -227,9 +229,8 @@ async fn unknown_scheme_and_query_tokens_are_unauthenticated() {
 
 #[tokio::test]
 async fn public_routes_match_exactly() {
-    let layer = AuthLayer::new(hs_jwt(&FakeClock::new()))
-        .add_public(Method::GET, "/health")
-        .unwrap();
+    let layer =
+        AuthLayer::new(hs_jwt(&FakeClock::new())).add_public(Method::GET, "/health").unwrap();
     let response = call(&layer, get("/health", None)).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(body(response).await, "anonymous");
@@ -305,8 +306,8 @@ impl Authenticator for TestAuth {
 #[tokio::test]
 async fn chained_authenticators_first_that_recognises_decides() {
     let called = Arc::new(AtomicBool::new(false));
-    let layer = AuthLayer::new(hs_jwt(&FakeClock::new()))
-        .or(TestAuth { called: Arc::clone(&called) });
+    let layer =
+        AuthLayer::new(hs_jwt(&FakeClock::new())).or(TestAuth { called: Arc::clone(&called) });
     let token = hs256(&claims());
     let response = call(&layer, get("/orders", Some(&format!("Bearer {token}")))).await;
     assert_eq!(body(response).await, "alice");
@@ -464,7 +465,11 @@ fn alg_none_in_any_case_is_rejected() {
             .key(VerifyingKey::from_secret(Algorithm::HS256, SECRET).unwrap().with_kid("k1"))
             .build()
             .unwrap();
-        assert_rejected(&keyed, &raw(&header, &claims(), "AAAA"), "jwt: alg does not match the key's algorithm");
+        assert_rejected(
+            &keyed,
+            &raw(&header, &claims(), "AAAA"),
+            "jwt: alg does not match the key's algorithm",
+        );
     }
 }
 
@@ -483,7 +488,7 @@ fn hs256_signed_with_the_rsa_public_key_is_rejected() {
         .unwrap();
     let mut header = jsonwebtoken::Header::new(Algorithm::HS256);
     header.kid = Some("rsa".into());
-    let token = mint_with(header, &claims(), &EncodingKey::from_secret(RSA_PUBLIC));
+    let token = mint_with(&header, &claims(), &EncodingKey::from_secret(RSA_PUBLIC));
     assert_rejected(&jwt, &token, "jwt: alg does not match the key's algorithm");
 }
 
@@ -504,7 +509,7 @@ fn embedded_jwk_header_is_ignored() {
         }))
         .unwrap(),
     );
-    let token = mint_with(header, &claims(), &attacker);
+    let token = mint_with(&header, &claims(), &attacker);
     assert_rejected(&jwt, &token, "jwt: bad signature");
 }
 
@@ -522,7 +527,7 @@ fn jku_and_x5u_headers_are_never_fetched() {
     header.jku = Some(url.clone());
     header.x5u = Some(url);
     header.kid = None;
-    let token = mint_with(header, &claims(), &attacker);
+    let token = mint_with(&header, &claims(), &attacker);
     assert_rejected(&jwt, &token, "jwt: bad signature");
     let err = listener.accept().unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock, "nothing connected");
@@ -568,7 +573,8 @@ fn time_claims() {
 
 #[test]
 fn issuer_audience_and_subject() {
-    let jwt = builder(&FakeClock::new()).audience("other-api").hs256_secret(SECRET).build().unwrap();
+    let jwt =
+        builder(&FakeClock::new()).audience("other-api").hs256_secret(SECRET).build().unwrap();
     let with = |name: &str, value: Value| {
         let mut c = claims();
         c[name] = value;
@@ -604,18 +610,31 @@ fn malformed_tokens() {
     assert_rejected(&jwt, &format!("{head}.{payload}"), "jwt: not three segments");
     assert_rejected(&jwt, &format!("{good}.{signature}"), "jwt: not three segments");
     assert_rejected(&jwt, "!!!.@@@.###", "jwt: header is not base64url");
-    assert_rejected(&jwt, &format!("{head}=.{payload}.{signature}"), "jwt: header is not base64url");
-    assert_rejected(&jwt, &format!("{}.{payload}.{signature}", URL_SAFE_NO_PAD.encode("not json")), "jwt: header is not valid JSON");
+    assert_rejected(
+        &jwt,
+        &format!("{head}=.{payload}.{signature}"),
+        "jwt: header is not base64url",
+    );
+    assert_rejected(
+        &jwt,
+        &format!("{}.{payload}.{signature}", URL_SAFE_NO_PAD.encode("not json")),
+        "jwt: header is not valid JSON",
+    );
     assert_rejected(&jwt, &format!("{head}..{signature}"), "jwt: empty segment");
     // A payload that is not JSON, correctly signed.
     let header = json!({"alg": "HS256"});
     let message = format!("{}.{}", b64(&header), URL_SAFE_NO_PAD.encode("[1,2]"));
-    let sig = jsonwebtoken::crypto::sign(message.as_bytes(), &EncodingKey::from_secret(SECRET), Algorithm::HS256).unwrap();
+    let sig = jsonwebtoken::crypto::sign(
+        message.as_bytes(),
+        &EncodingKey::from_secret(SECRET),
+        Algorithm::HS256,
+    )
+    .unwrap();
     assert_rejected(&jwt, &format!("{message}.{sig}"), "jwt: payload is not a JSON object");
     // crit.
     let mut header = jsonwebtoken::Header::new(Algorithm::HS256);
     header.extras.insert("crit", json!(["exp"]));
-    let token = mint_with(header, &claims(), &EncodingKey::from_secret(SECRET));
+    let token = mint_with(&header, &claims(), &EncodingKey::from_secret(SECRET));
     assert_rejected(&jwt, &token, "jwt: header has crit");
 }
 
@@ -626,7 +645,8 @@ fn oversize_tokens_are_rejected_before_parsing() {
     big["padding"] = json!("x".repeat(9000));
     assert_rejected(&jwt, &hs256(&big), "jwt: token longer than max_token_len");
     assert_rejected(&jwt, &"a".repeat(8 * 1024 + 1), "jwt: token longer than max_token_len");
-    let roomy = builder(&FakeClock::new()).hs256_secret(SECRET).max_token_len(64 * 1024).build().unwrap();
+    let roomy =
+        builder(&FakeClock::new()).hs256_secret(SECRET).max_token_len(64 * 1024).build().unwrap();
     assert_accepted(&roomy, &hs256(&big));
 }
 
@@ -642,18 +662,26 @@ fn typ_and_max_lifetime() {
     let typed = |typ: Option<&str>, claims: &Value| {
         let mut header = jsonwebtoken::Header::new(Algorithm::HS256);
         header.typ = typ.map(Into::into);
-        mint_with(header, claims, &key)
+        mint_with(&header, claims, &key)
     };
     assert_accepted(&jwt, &typed(Some("at+jwt"), &claims()));
     assert_accepted(&jwt, &typed(Some("application/AT+JWT"), &claims()));
-    assert_rejected(&jwt, &typed(Some("JWT"), &claims()), "jwt: header typ is not the required one");
+    assert_rejected(
+        &jwt,
+        &typed(Some("JWT"), &claims()),
+        "jwt: header typ is not the required one",
+    );
     assert_rejected(&jwt, &typed(None, &claims()), "jwt: header typ is not the required one");
     let mut long = claims();
     long["exp"] = json!(now() + 7200);
     assert_rejected(&jwt, &typed(Some("at+jwt"), &long), "jwt: lifetime exceeds max_lifetime");
     let mut no_iat = claims();
     no_iat.as_object_mut().unwrap().remove("iat");
-    assert_rejected(&jwt, &typed(Some("at+jwt"), &no_iat), "jwt: no iat, but a max lifetime is configured");
+    assert_rejected(
+        &jwt,
+        &typed(Some("at+jwt"), &no_iat),
+        "jwt: no iat, but a max lifetime is configured",
+    );
 }
 
 #[test]
@@ -666,7 +694,7 @@ fn kid_selects_the_key() {
     let sign = |kid: Option<&str>, private: &[u8]| {
         let mut header = jsonwebtoken::Header::new(Algorithm::RS256);
         header.kid = kid.map(Into::into);
-        mint_with(header, &claims(), &EncodingKey::from_rsa_pem(private).unwrap())
+        mint_with(&header, &claims(), &EncodingKey::from_rsa_pem(private).unwrap())
     };
     assert_accepted(&jwt, &sign(Some("one"), RSA_PRIVATE));
     assert_accepted(&jwt, &sign(Some("two"), RSA2_PRIVATE));
@@ -685,15 +713,23 @@ fn config_errors() {
     assert!(VerifyingKey::from_pem(Algorithm::HS256, RSA_PUBLIC).is_err());
     assert!(VerifyingKey::from_pem(Algorithm::RS256, b"not a pem").is_err());
     // A short secret smuggled in through VerifyingKey::new is caught at build time.
-    let smuggled = VerifyingKey::new(Algorithm::HS256, jsonwebtoken::DecodingKey::from_secret(b"short"));
+    let smuggled =
+        VerifyingKey::new(Algorithm::HS256, jsonwebtoken::DecodingKey::from_secret(b"short"));
     assert!(Jwt::builder().issuer(ISS).audience(AUD).key(smuggled).build().is_err());
     // A key whose material is of another family.
-    let mixed = VerifyingKey::new(Algorithm::RS256, jsonwebtoken::DecodingKey::from_secret(&[1; 32]));
+    let mixed =
+        VerifyingKey::new(Algorithm::RS256, jsonwebtoken::DecodingKey::from_secret(&[1; 32]));
     assert!(Jwt::builder().issuer(ISS).audience(AUD).key(mixed).build().is_err());
     assert!(Jwt::builder().issuer(ISS).audience(AUD).build().is_err(), "no keys");
     assert!(Jwt::builder().audience(AUD).hs256_secret(SECRET).build().is_err(), "no issuer");
     assert!(Jwt::builder().issuer(ISS).hs256_secret(SECRET).build().is_err(), "no audience");
-    assert!(Jwt::builder().issuer(ISS).audience(AUD).hs256_secret(SECRET).max_token_len(0).build().is_err());
+    assert!(Jwt::builder()
+        .issuer(ISS)
+        .audience(AUD)
+        .hs256_secret(SECRET)
+        .max_token_len(0)
+        .build()
+        .is_err());
     // Debug never shows key material.
     let jwt = hs_jwt(&FakeClock::new());
     let debug = format!("{jwt:?}");
@@ -702,7 +738,12 @@ fn config_errors() {
 
 #[test]
 fn claims_map_into_the_principal() {
-    let jwt = builder(&FakeClock::new()).hs256_secret(SECRET).roles_claim("groups").tenant_claim("org").build().unwrap();
+    let jwt = builder(&FakeClock::new())
+        .hs256_secret(SECRET)
+        .roles_claim("groups")
+        .tenant_claim("org")
+        .build()
+        .unwrap();
     let mut c = claims();
     c["groups"] = json!(["admin", "ops"]);
     c["org"] = json!("acme");
@@ -735,7 +776,8 @@ fn claims_map_into_the_principal() {
 #[test]
 fn cache_hits_and_expiry_follow_the_clock() {
     let clock = FakeClock::new();
-    let jwt = builder(&clock).hs256_secret(SECRET).cache(100, Duration::from_secs(60)).build().unwrap();
+    let jwt =
+        builder(&clock).hs256_secret(SECRET).cache(100, Duration::from_secs(60)).build().unwrap();
     let token = hs256(&claims());
     assert_accepted(&jwt, &token);
     assert_eq!(jwt.cached_tokens(), 1);
@@ -758,7 +800,8 @@ fn cache_hits_and_expiry_follow_the_clock() {
 #[test]
 fn cache_is_bounded_under_a_flood() {
     let clock = FakeClock::new();
-    let jwt = builder(&clock).hs256_secret(SECRET).cache(64, Duration::from_secs(300)).build().unwrap();
+    let jwt =
+        builder(&clock).hs256_secret(SECRET).cache(64, Duration::from_secs(300)).build().unwrap();
     for i in 0..2_000 {
         let mut c = claims();
         c["jti"] = json!(format!("flood-{i}"));
@@ -842,22 +885,25 @@ impl KeySource for Arc<Rotating> {
 #[tokio::test]
 async fn unknown_kid_refreshes_the_key_source_once() {
     let source = Arc::new(Rotating {
-        keys: std::sync::Mutex::new(Arc::from(vec![
-            VerifyingKey::from_pem(Algorithm::RS256, RSA_PUBLIC).unwrap().with_kid("k1"),
-        ])),
+        keys: std::sync::Mutex::new(Arc::from(vec![VerifyingKey::from_pem(
+            Algorithm::RS256,
+            RSA_PUBLIC,
+        )
+        .unwrap()
+        .with_kid("k1")])),
         refreshes: Default::default(),
     });
     let jwt = builder(&FakeClock::new()).with_key_source(Arc::clone(&source)).build().unwrap();
     let mut header = jsonwebtoken::Header::new(Algorithm::RS256);
     header.kid = Some("k2".into());
-    let token = mint_with(header.clone(), &claims(), &EncodingKey::from_rsa_pem(RSA2_PRIVATE).unwrap());
+    let token = mint_with(&header, &claims(), &EncodingKey::from_rsa_pem(RSA2_PRIVATE).unwrap());
     let Verdict::Pending(future) = jwt.verify(&token) else { panic!("expected a refresh") };
     assert_eq!(future.await.unwrap().subject(), "alice");
     // Now known (and cached): synchronous.
     assert_accepted(&jwt, &token);
     // Another unknown kid: the source refuses a second refetch.
     header.kid = Some("k3".into());
-    let token = mint_with(header, &claims(), &EncodingKey::from_rsa_pem(RSA2_PRIVATE).unwrap());
+    let token = mint_with(&header, &claims(), &EncodingKey::from_rsa_pem(RSA2_PRIVATE).unwrap());
     assert_rejected(&jwt, &token, "jwt: unknown kid");
     assert_eq!(source.refreshes.load(Ordering::SeqCst), 2);
 }
