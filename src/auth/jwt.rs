@@ -129,6 +129,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     cache: Option<TokenCache>,
     revocation: Option<Arc<dyn Revocation>>,
+    pass_non_jwt: bool,
 }
 
 /// Builds a [`Jwt`]; see [`Jwt::builder`].
@@ -149,6 +150,7 @@ pub struct JwtBuilder {
     clock: Arc<dyn Clock>,
     cache: Option<(usize, Duration)>,
     revocation: Option<Arc<dyn Revocation>>,
+    pass_non_jwt: bool,
     error: Option<ConfigError>,
 }
 
@@ -173,6 +175,7 @@ impl Jwt {
             clock: Arc::new(SystemClock),
             cache: Some((10_000, Duration::from_secs(300))),
             revocation: None,
+            pass_non_jwt: false,
             error: None,
         }
     }
@@ -234,6 +237,11 @@ impl fmt::Debug for Jwt {
 impl Authenticator for Jwt {
     fn authenticate(&self, request: &AuthRequest<'_>) -> Verdict {
         match request.bearer() {
+            Some(token)
+                if self.inner.pass_non_jwt && token.bytes().filter(|&b| b == b'.').count() != 2 =>
+            {
+                Verdict::NotMine
+            }
             Some(token) => verify(&self.inner, token, true),
             None => Verdict::NotMine,
         }
@@ -370,6 +378,14 @@ impl JwtBuilder {
         self
     }
 
+    /// Leaves bearer tokens that are not shaped like a JWT (not exactly three `.`-separated
+    /// segments) to the next authenticator in the chain, e.g. an introspection authenticator
+    /// for opaque tokens. By default every bearer token is this authenticator's to judge.
+    pub fn pass_non_jwt_tokens(mut self) -> Self {
+        self.pass_non_jwt = true;
+        self
+    }
+
     fn fail(mut self, error: ConfigError) -> Self {
         self.error.get_or_insert(error);
         self
@@ -429,6 +445,7 @@ impl JwtBuilder {
                 clock: self.clock,
                 cache: self.cache.map(|(capacity, ttl)| TokenCache::new(capacity, ttl)),
                 revocation: self.revocation,
+                pass_non_jwt: self.pass_non_jwt,
             }),
         })
     }

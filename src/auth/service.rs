@@ -111,15 +111,16 @@ fn decide(config: &Config, request: &AuthRequest<'_>) -> Decision {
             Verdict::Pending(f) => return Decision::Pending(f, authenticator.method()),
         }
     }
-    if request.authorization().is_none() && config.optional {
-        return Decision::Anonymous;
-    }
-    let reason = if request.authorization().is_some() {
-        "no authenticator accepts this Authorization scheme"
-    } else {
-        "no credential"
+    let error = match request.authorization() {
+        None if config.optional => return Decision::Anonymous,
+        None => Error::new(ErrorKind::Unauthenticated).with_reason("no credential"),
+        // A bearer token is a credential of a known kind that nobody accepts.
+        Some(a) if a.is_scheme("Bearer") => Error::new(ErrorKind::InvalidToken)
+            .with_reason("no authenticator recognises this bearer token"),
+        Some(_) => Error::new(ErrorKind::Unauthenticated)
+            .with_reason("no authenticator accepts this Authorization scheme"),
     };
-    Decision::Rejected(Error::new(ErrorKind::Unauthenticated).with_reason(reason), None)
+    Decision::Rejected(error, None)
 }
 
 /// Adds the `WWW-Authenticate` challenge a 401 needs, if the authenticator did not.

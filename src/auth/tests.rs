@@ -327,6 +327,40 @@ async fn chained_authenticators_first_that_recognises_decides() {
 }
 
 #[tokio::test]
+async fn opaque_tokens_can_be_left_to_the_next_authenticator() {
+    let jwt =
+        builder(&FakeClock::new()).hs256_secret(SECRET).pass_non_jwt_tokens().build().unwrap();
+    // Alone: an opaque bearer token nobody recognises is still a 401 invalid_token.
+    let layer = AuthLayer::new(jwt.clone());
+    let response = call(&layer, get("/orders", Some("Bearer opaque-token"))).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(challenge(&response), r#"Bearer realm="api", error="invalid_token""#);
+    // JWT-shaped tokens are still judged by the JWT authenticator.
+    let response = call(&layer, get("/orders", Some("Bearer a.b.c"))).await;
+    assert_eq!(error(&response).reason(), Some("jwt: header is not base64url"));
+
+    /// Accepts the opaque bearer token `opaque-token`.
+    #[derive(Debug)]
+    struct Opaque;
+    impl Authenticator for Opaque {
+        fn authenticate(&self, request: &AuthRequest<'_>) -> Verdict {
+            match request.bearer() {
+                Some("opaque-token") => {
+                    Verdict::Authenticated(Principal::builder("opaque").build())
+                }
+                _ => Verdict::NotMine,
+            }
+        }
+        fn method(&self) -> AuthMethod {
+            AuthMethod::Introspection
+        }
+    }
+    let layer = AuthLayer::new(jwt).or(Opaque);
+    let response = call(&layer, get("/orders", Some("Bearer opaque-token"))).await;
+    assert_eq!(body(response).await, "opaque");
+}
+
+#[tokio::test]
 async fn pending_verdicts() {
     let layer = AuthLayer::new(TestAuth { called: Arc::default() });
     let response = call(&layer, get("/orders", Some("Test slow"))).await;
@@ -449,6 +483,21 @@ fn every_supported_algorithm_verifies() {
         let bad = String::from_utf8(bad).unwrap();
         assert_rejected(&jwt, &bad, "jwt: bad signature");
     }
+}
+
+#[test]
+fn keys_from_der() {
+    let der = include_bytes!("../../tests/fixtures/test-only-rsa-public-pkcs1.der");
+    let jwt = builder(&FakeClock::new())
+        .key(VerifyingKey::from_der(Algorithm::RS256, der).unwrap())
+        .build()
+        .unwrap();
+    let token = mint(Algorithm::RS256, &EncodingKey::from_rsa_pem(RSA_PRIVATE).unwrap(), &claims());
+    assert_accepted(&jwt, &token);
+    let other =
+        mint(Algorithm::RS256, &EncodingKey::from_rsa_pem(RSA2_PRIVATE).unwrap(), &claims());
+    assert_rejected(&jwt, &other, "jwt: bad signature");
+    assert!(VerifyingKey::from_der(Algorithm::HS256, der).is_err());
 }
 
 #[test]
