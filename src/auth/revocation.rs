@@ -109,7 +109,9 @@ impl MemoryRevocation {
         }
     }
 
-    /// Replaces the clock (tests use a [`FakeClock`](crate::clock::FakeClock)).
+    /// Replaces the clock (tests use a [`FakeClock`](crate::clock::FakeClock)). Call it while
+    /// building: the returned store starts empty and is not shared with clones of `self`.
+    #[must_use]
     pub fn with_clock(self, clock: impl Clock) -> Self {
         let capacity = self.inner.capacity;
         Self {
