@@ -53,6 +53,7 @@ fn bearer(token: &str) -> Request<Body> {
 
 pub(crate) fn benches(c: &mut Criterion) {
     let rt = runtime();
+    tower_shield::auth::jwt::install_crypto_provider();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
     let claims = json!({
         "iss": "https://issuer.bench", "aud": "bench", "sub": "alice",

@@ -479,9 +479,14 @@ impl KeySource for Combined {
     }
 }
 
-/// With both jsonwebtoken crypto backends enabled (as under `--all-features`), jsonwebtoken
-/// cannot pick one and panics at first use unless a provider is installed.
-fn install_crypto_provider() {
+/// Installs jsonwebtoken's aws-lc-rs `CryptoProvider` when both of its crypto backends are
+/// enabled (features `jwt-aws-lc-rs` and `jwt-rust-crypto`, as under `--all-features`); does
+/// nothing otherwise, or when a provider is already installed.
+///
+/// With both backends jsonwebtoken cannot pick one and panics at its first use unless a
+/// provider is installed. [`JwtBuilder::build`] calls this; call it yourself before using
+/// `jsonwebtoken` directly (e.g. to mint test tokens) before any `Jwt` is built.
+pub fn install_crypto_provider() {
     #[cfg(all(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))]
     {
         // An Err means a provider is already installed, which is all we need.
