@@ -10,6 +10,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http::{Request, StatusCode};
 use tower::{Service, ServiceExt};
 
+mod auth;
 mod envelope;
 mod scope;
 mod validate;
@@ -58,5 +59,12 @@ fn baseline(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, baseline, envelope::benches, scope::benches, validate::benches);
+criterion_group!(
+    benches,
+    baseline,
+    envelope::benches,
+    auth::benches,
+    scope::benches,
+    validate::benches
+);
 criterion_main!(benches);

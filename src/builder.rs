@@ -3,6 +3,8 @@
 #[allow(unused_imports)] // `Stack` is unused when every layer feature is off
 use tower::{layer::util::Stack, ServiceBuilder};
 
+#[cfg(feature = "auth")]
+use crate::auth::AuthLayer;
 #[cfg(feature = "envelope")]
 use crate::envelope::ErrorEnvelopeLayer;
 #[cfg(feature = "scope")]
@@ -46,6 +48,13 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
     /// [`validate`](crate::validate)).
     #[cfg(feature = "validate")]
     fn validate(self, layer: ValidateLayer) -> ServiceBuilder<Stack<ValidateLayer, L>>;
+
+    /// Authenticates requests with `layer` (an [`AuthLayer`]): a [`Principal`] in the request
+    /// extensions, or a 401.
+    ///
+    /// [`Principal`]: crate::principal::Principal
+    #[cfg(feature = "auth")]
+    fn authenticate(self, layer: AuthLayer) -> ServiceBuilder<Stack<AuthLayer, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
@@ -61,6 +70,11 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
 
     #[cfg(feature = "validate")]
     fn validate(self, layer: ValidateLayer) -> ServiceBuilder<Stack<ValidateLayer, L>> {
+        self.layer(layer)
+    }
+
+    #[cfg(feature = "auth")]
+    fn authenticate(self, layer: AuthLayer) -> ServiceBuilder<Stack<AuthLayer, L>> {
         self.layer(layer)
     }
 }

@@ -8,6 +8,7 @@
 //! | [`envelope`] | request ids, one safe error body for every failure (JSON, RFC 9457 problem details, gRPC status), panic catching |
 //! | [`scope`] | authorization: scopes, roles, step-up (RFC 9470), tenant isolation, resource policies |
 //! | [`validate`] | input validation: body size, content type, JSON shape, JSON Schema, typed DTOs, query and headers |
+//! | [`auth`] | credentials (JWT, API keys) → a [`Principal`](principal::Principal) in the request, 401 otherwise |
 //! | [`principal`] | who the caller is, as authenticating layers put it in the request |
 //! | [`clock`] | time, replaceable by a fake clock in tests |
 //! | [`body`] | capped body reading for layers that must see the whole body |
@@ -54,6 +55,8 @@
 //! | `telemetry` | [`telemetry`]: security event target, redaction helpers | yes |
 //! | `scope` | [`scope`]: `ScopeLayer`, `Requirement`, `Policy` | yes |
 //! | `validate` | [`validate`]: `ValidateLayer`, `Validated<T>` (with `axum`) | yes |
+//! | `auth` | [`auth`]: `AuthLayer`, JWT (aws-lc-rs backend), API keys, revocation | yes |
+//! | `jwt-rust-crypto` | jsonwebtoken's RustCrypto backend (aws-lc-rs is installed when both are on) | no |
 //! | `axum` | `IntoResponse` for [`Error`], extractors for `Principal` and `RequestId` | no |
 //! | `tonic` | `From<Error> for tonic::Status` | no |
 //! | `full` | every feature above | no |

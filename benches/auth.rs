@@ -1,0 +1,94 @@
+//! Authentication: a JWT per algorithm verified from scratch (cache off) and from the
+//! verified-token cache, and a 401 rejection.
+
+use axum::body::Body;
+use criterion::Criterion;
+use http::{header, Request, StatusCode};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::json;
+use tower::Layer;
+use tower_shield::auth::{jwt::Jwt, AuthLayer, VerifyingKey};
+
+use crate::{bare_router, run, runtime};
+
+const SECRET: &[u8] = b"a benchmark secret of at least 32 bytes";
+const RSA_PRIVATE: &[u8] = include_bytes!("../tests/fixtures/test-only-rsa-private.pem");
+const RSA_PUBLIC: &[u8] = include_bytes!("../tests/fixtures/test-only-rsa-public.pem");
+const EC_PRIVATE: &[u8] = include_bytes!("../tests/fixtures/test-only-ec256-private.pem");
+const EC_PUBLIC: &[u8] = include_bytes!("../tests/fixtures/test-only-ec256-public.pem");
+const ED_PRIVATE: &[u8] = include_bytes!("../tests/fixtures/test-only-ed25519-private.pem");
+const ED_PUBLIC: &[u8] = include_bytes!("../tests/fixtures/test-only-ed25519-public.pem");
+
+fn keys(alg: Algorithm) -> (EncodingKey, VerifyingKey) {
+    match alg {
+        Algorithm::HS256 => {
+            (EncodingKey::from_secret(SECRET), VerifyingKey::from_secret(alg, SECRET).unwrap())
+        }
+        Algorithm::RS256 => (
+            EncodingKey::from_rsa_pem(RSA_PRIVATE).unwrap(),
+            VerifyingKey::from_pem(alg, RSA_PUBLIC).unwrap(),
+        ),
+        Algorithm::ES256 => (
+            EncodingKey::from_ec_pem(EC_PRIVATE).unwrap(),
+            VerifyingKey::from_pem(alg, EC_PUBLIC).unwrap(),
+        ),
+        _ => (
+            EncodingKey::from_ed_pem(ED_PRIVATE).unwrap(),
+            VerifyingKey::from_pem(alg, ED_PUBLIC).unwrap(),
+        ),
+    }
+}
+
+fn jwt(key: VerifyingKey, cache: bool) -> Jwt {
+    let builder = Jwt::builder().key(key).issuer("https://issuer.bench").audience("bench");
+    if cache { builder } else { builder.no_cache() }.build().unwrap()
+}
+
+fn bearer(token: &str) -> Request<Body> {
+    Request::get("/orders")
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap()
+}
+
+pub(crate) fn benches(c: &mut Criterion) {
+    let rt = runtime();
+    tower_shield::auth::jwt::install_crypto_provider();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let claims = json!({
+        "iss": "https://issuer.bench", "aud": "bench", "sub": "alice",
+        "iat": now.as_secs(), "exp": now.as_secs() + 3600, "scope": "orders:read",
+    });
+    let mut group = c.benchmark_group("auth");
+    for (name, alg) in [
+        ("hs256", Algorithm::HS256),
+        ("rs256", Algorithm::RS256),
+        ("es256", Algorithm::ES256),
+        ("eddsa", Algorithm::EdDSA),
+    ] {
+        let (encoding, verifying) = keys(alg);
+        let token = jsonwebtoken::encode(&Header::new(alg), &claims, &encoding).unwrap();
+        for (mode, cache) in [("cold", false), ("warm", true)] {
+            let app = AuthLayer::new(jwt(verifying.clone(), cache)).layer(bare_router());
+            group.bench_function(format!("{name}_{mode}"), |b| {
+                b.iter(|| run(&rt, &app, bearer(&token), StatusCode::OK))
+            });
+        }
+    }
+    let (_, verifying) = keys(Algorithm::HS256);
+    let app = AuthLayer::new(jwt(verifying, true)).layer(bare_router());
+    group.bench_function("rejected_401", |b| {
+        b.iter(|| run(&rt, &app, bearer("eyJhbGciOiJIUzI1NiJ9.e30.c2ln"), StatusCode::UNAUTHORIZED))
+    });
+    group.bench_function("missing_401", |b| {
+        b.iter(|| {
+            run(
+                &rt,
+                &app,
+                Request::get("/orders").body(Body::empty()).unwrap(),
+                StatusCode::UNAUTHORIZED,
+            )
+        })
+    });
+    group.finish();
+}

@@ -1,0 +1,267 @@
+use std::{fmt, future::Future, pin::Pin, sync::Arc};
+
+use http::{header, HeaderMap, HeaderName};
+
+use crate::{principal::Principal, Error};
+
+/// A boxed future resolving to an authentication outcome, for the rare credential that needs
+/// I/O (a key refetch, an introspection call, a revocation lookup in Redis).
+pub type BoxAuthFuture = Pin<Box<dyn Future<Output = Result<Principal, Error>> + Send + 'static>>;
+
+/// What an [`Authenticator`] says about a request.
+///
+/// The common cases ([`Authenticated`](Verdict::Authenticated) from a cached or locally
+/// verified token, [`Rejected`](Verdict::Rejected), [`NotMine`](Verdict::NotMine)) are
+/// synchronous and allocate no future; [`Pending`](Verdict::Pending) is for the credentials
+/// that need I/O.
+pub enum Verdict {
+    /// This authenticator does not recognise the request's credential (none of its kind is
+    /// present); the next authenticator in the chain is asked.
+    NotMine,
+    /// The credential is valid.
+    Authenticated(Principal),
+    /// The credential is this authenticator's kind but is not valid. The [`Error`] is usually
+    /// [`ErrorKind::InvalidToken`](crate::ErrorKind::InvalidToken) with an internal reason; the
+    /// layer adds the `WWW-Authenticate` challenge.
+    Rejected(Error),
+    /// The decision needs I/O; the future resolves to the principal or the rejection.
+    Pending(BoxAuthFuture),
+}
+
+impl fmt::Debug for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotMine => f.write_str("NotMine"),
+            Self::Authenticated(p) => f.debug_tuple("Authenticated").field(p).finish(),
+            Self::Rejected(e) => f.debug_tuple("Rejected").field(e).finish(),
+            Self::Pending(_) => f.write_str("Pending(<future>)"),
+        }
+    }
+}
+
+/// Turns a request's credential into a [`Principal`].
+///
+/// Implemented by [`Jwt`](super::jwt::Jwt) and [`ApiKeys`](super::api_key::ApiKeys); implement it
+/// for a credential of your own. [`AuthLayer`](super::AuthLayer) asks its authenticators in order
+/// and the first that does not answer [`Verdict::NotMine`] decides.
+///
+/// `authenticate` runs on every request: keep the common case synchronous and return
+/// [`Verdict::Pending`] only when I/O is really needed.
+///
+/// ```
+/// use tower_shield::auth::{AuthRequest, Authenticator, Verdict};
+/// use tower_shield::principal::{AuthMethod, Principal};
+/// use tower_shield::{Error, ErrorKind};
+///
+/// /// Accepts `Authorization: Magic please`, for illustration only.
+/// #[derive(Debug)]
+/// struct Magic;
+///
+/// impl Authenticator for Magic {
+///     fn authenticate(&self, request: &AuthRequest<'_>) -> Verdict {
+///         match request.authorization() {
+///             Some(a) if a.is_scheme("Magic") && a.credentials() == "please" => {
+///                 Verdict::Authenticated(Principal::builder("wizard").build())
+///             }
+///             Some(a) if a.is_scheme("Magic") => {
+///                 Verdict::Rejected(Error::new(ErrorKind::InvalidToken).with_reason("magic: wrong word"))
+///             }
+///             _ => Verdict::NotMine,
+///         }
+///     }
+///
+///     fn method(&self) -> AuthMethod {
+///         AuthMethod::Custom("magic")
+///     }
+/// }
+/// ```
+pub trait Authenticator: fmt::Debug + Send + Sync + 'static {
+    /// Decides about the credential of `request`.
+    fn authenticate(&self, request: &AuthRequest<'_>) -> Verdict;
+
+    /// How this authenticator authenticates, for logs (`auth.failure`, `auth.success`).
+    fn method(&self) -> crate::principal::AuthMethod;
+
+    /// Headers other than `Authorization` that carry this authenticator's credentials (e.g.
+    /// `X-API-Key`). The layer marks them sensitive so they stay out of logs.
+    fn credential_headers(&self) -> &[HeaderName] {
+        &[]
+    }
+}
+
+impl<A: Authenticator + ?Sized> Authenticator for Arc<A> {
+    fn authenticate(&self, request: &AuthRequest<'_>) -> Verdict {
+        (**self).authenticate(request)
+    }
+
+    fn method(&self) -> crate::principal::AuthMethod {
+        (**self).method()
+    }
+
+    fn credential_headers(&self) -> &[HeaderName] {
+        (**self).credential_headers()
+    }
+}
+
+/// The request as an [`Authenticator`] sees it: its headers and its parsed `Authorization`
+/// header.
+///
+/// `Debug` prints header names and the `Authorization` scheme, never a header value.
+pub struct AuthRequest<'a> {
+    headers: &'a HeaderMap,
+    authorization: Option<Authorization<'a>>,
+}
+
+impl<'a> AuthRequest<'a> {
+    /// Reads `headers`.
+    ///
+    /// # Errors
+    ///
+    /// A malformed `Authorization` header (several of them, a character outside visible ASCII,
+    /// no credentials after the scheme, a `Bearer` value that is not a `token68`): the layer
+    /// answers 400 `invalid_request`. The reason never contains the header's value.
+    pub fn from_headers(headers: &'a HeaderMap) -> Result<Self, &'static str> {
+        let mut values = headers.get_all(header::AUTHORIZATION).iter();
+        let authorization = match (values.next(), values.next()) {
+            (None, _) => None,
+            (Some(_), Some(_)) => return Err("several Authorization headers"),
+            (Some(value), None) => Some(Authorization::parse(value.as_bytes())?),
+        };
+        Ok(Self { headers, authorization })
+    }
+
+    /// All request headers.
+    pub fn headers(&self) -> &'a HeaderMap {
+        self.headers
+    }
+
+    /// The `Authorization` header, if present (it is well-formed: the layer rejected it
+    /// otherwise).
+    pub fn authorization(&self) -> Option<&Authorization<'a>> {
+        self.authorization.as_ref()
+    }
+
+    /// The token of an `Authorization: Bearer <token>` header (scheme compared
+    /// case-insensitively).
+    pub fn bearer(&self) -> Option<&'a str> {
+        self.authorization.as_ref().filter(|a| a.is_scheme("Bearer")).map(|a| a.credentials)
+    }
+}
+
+impl fmt::Debug for AuthRequest<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthRequest")
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("authorization", &self.authorization)
+            .finish()
+    }
+}
+
+/// A well-formed `Authorization: <scheme> <credentials>` header.
+///
+/// `Debug` never prints the credentials.
+#[derive(Clone, Copy)]
+pub struct Authorization<'a> {
+    scheme: &'a str,
+    credentials: &'a str,
+}
+
+impl<'a> Authorization<'a> {
+    fn parse(value: &'a [u8]) -> Result<Self, &'static str> {
+        if !value.iter().all(|&b| b == b' ' || b.is_ascii_graphic()) {
+            return Err("Authorization header has characters outside visible ASCII");
+        }
+        // Checked above: ASCII only.
+        let value = std::str::from_utf8(value).map_err(|_| "Authorization header is not ASCII")?;
+        let (scheme, credentials) =
+            value.split_once(' ').ok_or("Authorization header has no credentials")?;
+        let credentials = credentials.trim_start_matches(' ');
+        if scheme.is_empty() || credentials.is_empty() {
+            return Err("Authorization header has an empty scheme or credentials");
+        }
+        if !scheme.bytes().all(is_tchar) {
+            return Err("Authorization scheme is not a token");
+        }
+        if scheme.eq_ignore_ascii_case("Bearer") && !is_token68(credentials) {
+            return Err("Bearer credentials are not a token68");
+        }
+        Ok(Self { scheme, credentials })
+    }
+
+    /// The scheme as sent, e.g. `Bearer`.
+    pub fn scheme(&self) -> &'a str {
+        self.scheme
+    }
+
+    /// Whether the scheme is `scheme`, compared case-insensitively (RFC 9110 section 11.1).
+    pub fn is_scheme(&self, scheme: &str) -> bool {
+        self.scheme.eq_ignore_ascii_case(scheme)
+    }
+
+    /// The credentials after the scheme. A secret: never log it.
+    pub fn credentials(&self) -> &'a str {
+        self.credentials
+    }
+}
+
+impl fmt::Debug for Authorization<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authorization")
+            .field("scheme", &self.scheme)
+            .field("credentials", &"<redacted>")
+            .finish()
+    }
+}
+
+/// RFC 9110 `tchar`.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// RFC 9110 `token68`: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
+fn is_token68(s: &str) -> bool {
+    let body = s.trim_end_matches('=');
+    !body.is_empty() && body.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+
+    fn parse(values: &[&[u8]]) -> Result<Option<(String, String)>, &'static str> {
+        let mut headers = HeaderMap::new();
+        for v in values {
+            headers.append(header::AUTHORIZATION, HeaderValue::from_bytes(v).unwrap());
+        }
+        let request = AuthRequest::from_headers(&headers)?;
+        Ok(request.authorization().map(|a| (a.scheme().to_owned(), a.credentials().to_owned())))
+    }
+
+    #[test]
+    fn authorization_parsing() {
+        assert_eq!(parse(&[]), Ok(None));
+        assert_eq!(parse(&[b"Bearer abc.def-_~+/=="]).unwrap().unwrap().1, "abc.def-_~+/==");
+        assert_eq!(parse(&[b"bEaReR  abc"]).unwrap().unwrap().1, "abc");
+        assert_eq!(parse(&[b"ApiKey sk_live_x_y"]).unwrap().unwrap().0, "ApiKey");
+        assert!(parse(&[b"Bearer a", b"Bearer b"]).is_err());
+        assert!(parse(&[b"Bearer"]).is_err());
+        assert!(parse(&[b"Bearer "]).is_err());
+        assert!(parse(&[b"Bearer a b"]).is_err());
+        assert!(parse(&[b"Bearer a\tb"]).is_err());
+        assert!(parse(&[b"Bearer ab\xc3\xa9"]).is_err());
+        assert!(parse(&[b"Bearer ==="]).is_err());
+        assert!(parse(&[b"Bearer a=b"]).is_err());
+        assert!(parse(&[b"Bea\"rer abc"]).is_err());
+    }
+
+    #[test]
+    fn bearer_is_case_insensitive_and_debug_hides_credentials() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("BEARER secret-token"));
+        let request = AuthRequest::from_headers(&headers).unwrap();
+        assert_eq!(request.bearer(), Some("secret-token"));
+        assert!(!format!("{request:?}").contains("secret-token"));
+    }
+}

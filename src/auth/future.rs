@@ -1,0 +1,115 @@
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{ready, Context, Poll},
+};
+
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use super::{
+    layer::Config,
+    service::{finish_rejection, log_failure, log_success},
+    BoxAuthFuture,
+};
+use crate::principal::AuthMethod;
+
+pin_project! {
+    /// Response future of [`Auth`](super::Auth).
+    pub struct ResponseFuture<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        #[pin]
+        state: State<S, ReqBody>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        Authenticating {
+            future: BoxAuthFuture,
+            pending: Option<Pending<S, ReqBody>>,
+        },
+        Inner { #[pin] future: S::Future },
+        Rejected { response: Option<S::Response> },
+    }
+}
+
+struct Pending<S, ReqBody> {
+    request: Request<ReqBody>,
+    inner: S,
+    method: AuthMethod,
+    config: Arc<Config>,
+}
+
+impl<S: Service<Request<ReqBody>>, ReqBody> ResponseFuture<S, ReqBody> {
+    pub(crate) fn inner(future: S::Future) -> Self {
+        Self { state: State::Inner { future } }
+    }
+
+    pub(crate) fn rejected(response: S::Response) -> Self {
+        Self { state: State::Rejected { response: Some(response) } }
+    }
+
+    pub(crate) fn authenticating(
+        future: BoxAuthFuture,
+        request: Request<ReqBody>,
+        inner: S,
+        method: AuthMethod,
+        config: Arc<Config>,
+    ) -> Self {
+        Self {
+            state: State::Authenticating {
+                future,
+                pending: Some(Pending { request, inner, method, config }),
+            },
+        }
+    }
+}
+
+impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Default,
+{
+    type Output = Result<Response<ResBody>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Authenticating { future, pending } => {
+                    let outcome = ready!(future.as_mut().poll(cx));
+                    let Pending { mut request, mut inner, method, config } =
+                        pending.take().expect("ResponseFuture polled after completion");
+                    match outcome {
+                        Ok(principal) => {
+                            log_success(&principal, method);
+                            request.extensions_mut().insert(principal);
+                            let future = inner.call(request);
+                            this.state.set(State::Inner { future });
+                        }
+                        Err(error) => {
+                            let error = finish_rejection(&config, error);
+                            log_failure(&error, Some(method));
+                            this.state.set(State::Rejected { response: None });
+                            return Poll::Ready(Ok(error.to_response()));
+                        }
+                    }
+                }
+                StateProj::Inner { future } => return future.poll(cx),
+                StateProj::Rejected { response } => {
+                    let response = response.take().expect("ResponseFuture polled after completion");
+                    return Poll::Ready(Ok(response));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,173 @@
+use std::{
+    mem,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use http::{header, Request, Response};
+use tower_service::Service;
+
+use super::{
+    future::ResponseFuture,
+    layer::{AuthLayer, Config},
+    AuthRequest, Verdict,
+};
+use crate::{
+    principal::{AuthMethod, Principal},
+    Error, ErrorKind,
+};
+
+/// Authenticates requests; built by [`AuthLayer`].
+///
+/// See the [module docs](crate::auth) for an example.
+#[derive(Clone, Debug)]
+pub struct Auth<S> {
+    inner: S,
+    layer: AuthLayer,
+}
+
+impl<S> Auth<S> {
+    /// Wraps `inner` with the configuration of `layer`.
+    pub fn new(inner: S, layer: AuthLayer) -> Self {
+        Self { inner, layer }
+    }
+
+    define_inner_service_accessors!();
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Auth<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    ResBody: Default,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, ReqBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let config = &self.layer.config;
+        mark_sensitive(config, &mut request);
+
+        if config.public.contains(request.method(), request.uri().path()) {
+            return ResponseFuture::inner(self.inner.call(request));
+        }
+
+        let verdict = match AuthRequest::from_headers(request.headers()) {
+            Err(reason) => {
+                let error = Error::new(ErrorKind::InvalidRequest)
+                    .with_reason(reason)
+                    .with_challenge(config.challenge().with_error("invalid_request"));
+                log_failure(&error, None);
+                return ResponseFuture::rejected(error.to_response());
+            }
+            Ok(auth_request) => decide(config, &auth_request),
+        };
+
+        match verdict {
+            Decision::Authenticated(principal, method) => {
+                log_success(&principal, method);
+                request.extensions_mut().insert(principal);
+                ResponseFuture::inner(self.inner.call(request))
+            }
+            Decision::Anonymous => ResponseFuture::inner(self.inner.call(request)),
+            Decision::Rejected(error, method) => {
+                let error = finish_rejection(config, error);
+                log_failure(&error, method);
+                ResponseFuture::rejected(error.to_response())
+            }
+            Decision::Pending(future, method) => {
+                // The ready service goes into the future; a fresh clone stays here.
+                let clone = self.inner.clone();
+                let inner = mem::replace(&mut self.inner, clone);
+                ResponseFuture::authenticating(
+                    future,
+                    request,
+                    inner,
+                    method,
+                    Arc::clone(&self.layer.config),
+                )
+            }
+        }
+    }
+}
+
+pub(crate) enum Decision {
+    Authenticated(Principal, AuthMethod),
+    Anonymous,
+    Rejected(Error, Option<AuthMethod>),
+    Pending(super::BoxAuthFuture, AuthMethod),
+}
+
+fn decide(config: &Config, request: &AuthRequest<'_>) -> Decision {
+    for authenticator in &config.authenticators {
+        match authenticator.authenticate(request) {
+            Verdict::NotMine => continue,
+            Verdict::Authenticated(p) => return Decision::Authenticated(p, authenticator.method()),
+            Verdict::Rejected(e) => return Decision::Rejected(e, Some(authenticator.method())),
+            Verdict::Pending(f) => return Decision::Pending(f, authenticator.method()),
+        }
+    }
+    let error = match request.authorization() {
+        None if config.optional => return Decision::Anonymous,
+        None => Error::new(ErrorKind::Unauthenticated).with_reason("no credential"),
+        // A bearer token is a credential of a known kind that nobody accepts.
+        Some(a) if a.is_scheme("Bearer") => Error::new(ErrorKind::InvalidToken)
+            .with_reason("no authenticator recognises this bearer token"),
+        Some(_) => Error::new(ErrorKind::Unauthenticated)
+            .with_reason("no authenticator accepts this Authorization scheme"),
+    };
+    Decision::Rejected(error, None)
+}
+
+/// Adds the `WWW-Authenticate` challenge a 401 needs, if the authenticator did not.
+pub(crate) fn finish_rejection(config: &Config, error: Error) -> Error {
+    if error.challenge().is_some() {
+        return error;
+    }
+    match error.kind() {
+        ErrorKind::Unauthenticated => error.with_challenge(config.challenge()),
+        ErrorKind::InvalidToken => {
+            error.with_challenge(config.challenge().with_error("invalid_token"))
+        }
+        ErrorKind::InvalidRequest => {
+            error.with_challenge(config.challenge().with_error("invalid_request"))
+        }
+        _ => error,
+    }
+}
+
+fn mark_sensitive<B>(config: &Config, request: &mut Request<B>) {
+    let headers = request.headers_mut();
+    if let header::Entry::Occupied(mut entry) = headers.entry(header::AUTHORIZATION) {
+        entry.iter_mut().for_each(|v| v.set_sensitive(true));
+    }
+    for name in &config.sensitive_headers {
+        if let header::Entry::Occupied(mut entry) = headers.entry(name) {
+            entry.iter_mut().for_each(|v| v.set_sensitive(true));
+        }
+    }
+}
+
+pub(crate) fn log_success(principal: &Principal, method: AuthMethod) {
+    tracing::debug!(
+        target: "tower_shield::security",
+        event = "auth.success",
+        subject = principal.subject(),
+        tenant = principal.tenant(),
+        auth_method = method.as_str(),
+    );
+}
+
+pub(crate) fn log_failure(error: &Error, method: Option<AuthMethod>) {
+    tracing::info!(
+        target: "tower_shield::security",
+        event = "auth.failure",
+        code = error.code(),
+        reason = error.reason().unwrap_or(""),
+        auth_method = method.map_or("none", |m| m.as_str()),
+    );
+}
