@@ -148,10 +148,14 @@ pub(crate) fn decide(
     }
     let peek = mode == Mode::Peek;
     summarize(
-        checks.iter().map(|c| {
-            let remaining =
-                if peek && c.wait == 0 { c.remaining + u64::from(cost) } else { c.remaining };
-            (c.wait, remaining, c.reset)
+        checks.iter().zip(quotas).map(|(c, quota)| {
+            if peek && c.wait == 0 {
+                // As before the (uncharged) request.
+                let charge = quota.t_nanos().saturating_mul(u64::from(cost));
+                (0, c.remaining + u64::from(cost), c.reset.saturating_sub(charge))
+            } else {
+                (c.wait, c.remaining, c.reset)
+            }
         }),
         allowed,
     )

@@ -180,6 +180,7 @@ pub(crate) struct LimitsInner {
     /// Per quota: the burst, for `X-RateLimit-Limit`.
     pub(crate) legacy_limit: Box<[HeaderValue]>,
     /// Per quota, for Redis keys: `name:t_nanos:burst`.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) redis_suffix: Box<[Box<str>]>,
 }
 

@@ -361,13 +361,16 @@ impl Inner {
         let peek = mode == Mode::Peek;
         let us = |v: i64| u64::try_from(v).unwrap_or(0).saturating_mul(1000);
         Ok(summarize(
-            out[1..].chunks_exact(3).map(|c| {
-                let wait = us(c[0]);
-                let mut remaining = u64::try_from(c[1]).unwrap_or(0);
+            out[1..].chunks_exact(3).zip(limits.quotas()).map(|(c, quota)| {
+                let (wait, remaining, reset) =
+                    (us(c[0]), u64::try_from(c[1]).unwrap_or(0), us(c[2]));
                 if peek && wait == 0 {
-                    remaining += u64::from(cost);
+                    // As before the (uncharged) request.
+                    let charge = quota.t_nanos().saturating_mul(u64::from(cost));
+                    (0, remaining + u64::from(cost), reset.saturating_sub(charge))
+                } else {
+                    (wait, remaining, reset)
                 }
-                (wait, remaining, us(c[2]))
             }),
             allowed,
         ))
