@@ -684,3 +684,220 @@ fn quotas_reject_invalid_periods_and_clean_names() {
     assert_eq!(q.window(), Duration::from_secs(86_400));
     assert_eq!(Limits::new(q).inner.policy[0], r#""daily";q=1000;w=86400"#);
 }
+
+// ---- Redis ----
+
+#[cfg(feature = "redis")]
+mod redis_store {
+    use std::sync::atomic::AtomicBool;
+
+    use tokio::{
+        net::{TcpListener, TcpStream},
+        task::JoinHandle,
+    };
+
+    use super::*;
+    use crate::test_helpers::{redis_url, unique_prefix};
+
+    fn store(url: &str, prefix: &str, policy: FailurePolicy) -> RedisStore {
+        RedisStore::new(url, policy).unwrap().prefix(prefix).timeout(Duration::from_secs(2))
+    }
+
+    async fn redis_conn(url: &str) -> ::redis::aio::MultiplexedConnection {
+        ::redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn two_instances_share_one_budget() {
+        let Some(url) = redis_url() else { return };
+        let prefix = unique_prefix("rl-shared");
+        let quota = || Quota::per_minute(nz(3)).named("shared");
+        let mut a = RateLimitLayer::per_ip(quota())
+            .with_store(store(&url, &prefix, FailurePolicy::FailClosed))
+            .layer(service_fn(ok));
+        let mut b = RateLimitLayer::per_ip(quota())
+            .with_store(store(&url, &prefix, FailurePolicy::FailClosed))
+            .layer(service_fn(ok));
+        let peer = [192, 0, 2, 10];
+        let response = send(&mut a, from_peer(peer)).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(header(&response, "ratelimit"), r#""shared";r=2;t=20"#);
+        assert_eq!(send(&mut b, from_peer(peer)).await.status(), StatusCode::OK);
+        assert_eq!(send(&mut a, from_peer(peer)).await.status(), StatusCode::OK);
+        let response = send(&mut b, from_peer(peer)).await;
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        let retry: u64 = header(&response, "retry-after").parse().unwrap();
+        assert!((19..=20).contains(&retry), "{retry}");
+        assert_eq!(send(&mut a, from_peer(peer)).await.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(send(&mut b, from_peer([192, 0, 2, 11])).await.status(), StatusCode::OK);
+
+        // Keys carry the prefix, a hash tag and a TTL.
+        let mut conn = redis_conn(&url).await;
+        let key = format!("{prefix}{{04c000020a}}:shared:20000000000:3");
+        let ttl: i64 = ::redis::cmd("PTTL").arg(&key).query_async(&mut conn).await.unwrap();
+        assert!(ttl > 50_000 && ttl <= 61_000, "{ttl}");
+    }
+
+    #[tokio::test]
+    async fn several_quotas_and_only_failures_in_redis() {
+        let Some(url) = redis_url() else { return };
+        let prefix = unique_prefix("rl-multi");
+        let limiter = RateLimiter::new(
+            Limits::new(Quota::per_second(nz(2)).named("s"))
+                .add_quota(Quota::per_minute(nz(3)).named("m")),
+        )
+        .with_store(store(&url, &prefix, FailurePolicy::FailClosed));
+        let key = RateKey::from("user:alice");
+        assert!(limiter.acquire(&key).await.is_ok());
+        assert!(limiter.acquire(&key).await.is_ok());
+        let error = limiter.acquire(&key).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::RateLimited);
+        let peek = limiter.check(&RateKey::from("user:bob")).await.unwrap();
+        assert_eq!(peek.remaining(), 2);
+        let charged = limiter.record_failure(&RateKey::from("user:bob")).await.unwrap();
+        assert_eq!(charged.remaining(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_script_is_reloaded_after_script_flush() {
+        let Some(url) = redis_url() else { return };
+        let prefix = unique_prefix("rl-flush");
+        let limiter = RateLimiter::new(Quota::per_minute(nz(2))).with_store(store(
+            &url,
+            &prefix,
+            FailurePolicy::FailClosed,
+        ));
+        let key = RateKey::from("k");
+        assert_eq!(limiter.acquire(&key).await.unwrap().remaining(), 1);
+        let mut conn = redis_conn(&url).await;
+        let () = ::redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut conn).await.unwrap();
+        // EVALSHA answers NOSCRIPT; the store loads the script again, and the state is kept.
+        assert_eq!(limiter.acquire(&key).await.unwrap().remaining(), 0);
+        assert!(limiter.acquire(&key).await.is_err());
+    }
+
+    fn closed_port() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    }
+
+    #[tokio::test]
+    async fn fail_open_limits_locally_when_redis_is_unreachable() {
+        let url = format!("redis://127.0.0.1:{}", closed_port());
+        let store = store(&url, "unused:", FailurePolicy::FailOpen);
+        assert_eq!(store.failure_policy(), FailurePolicy::FailOpen);
+        let mut service = RateLimitLayer::per_ip(Quota::per_minute(nz(1)))
+            .with_store(store)
+            .layer(service_fn(ok));
+        assert_eq!(send(&mut service, from_peer([192, 0, 2, 1])).await.status(), StatusCode::OK);
+        let response = send(&mut service, from_peer([192, 0, 2, 1])).await;
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    }
+
+    #[tokio::test]
+    async fn fail_closed_answers_503_when_redis_is_unreachable() {
+        let url = format!("redis://127.0.0.1:{}", closed_port());
+        let mut service = RateLimitLayer::per_ip(Quota::per_minute(nz(5)))
+            .with_store(store(&url, "unused:", FailurePolicy::FailClosed))
+            .layer(service_fn(ok));
+        let response = send(&mut service, from_peer([192, 0, 2, 1])).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let error = response.extensions().get::<Error>().unwrap();
+        assert_eq!(error.kind(), ErrorKind::ServiceUnavailable);
+    }
+
+    /// A TCP proxy to the real Redis that can be cut and restored.
+    struct Proxy {
+        port: u16,
+        enabled: Arc<AtomicBool>,
+        tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+        accept: JoinHandle<()>,
+    }
+
+    impl Proxy {
+        async fn start(redis: &str) -> Self {
+            let target = redis.trim_start_matches("redis://").split('/').next().unwrap().to_owned();
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let enabled = Arc::new(AtomicBool::new(true));
+            let tasks = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let (on, list) = (Arc::clone(&enabled), Arc::clone(&tasks));
+            let accept = tokio::spawn(async move {
+                while let Ok((mut client, _)) = listener.accept().await {
+                    if !on.load(Ordering::SeqCst) {
+                        continue; // dropped: connection closed
+                    }
+                    let target = target.clone();
+                    list.lock().unwrap().push(tokio::spawn(async move {
+                        if let Ok(mut server) = TcpStream::connect(&target).await {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                    }));
+                }
+            });
+            Self { port, enabled, tasks, accept }
+        }
+
+        fn cut(&self) {
+            self.enabled.store(false, Ordering::SeqCst);
+            for task in self.tasks.lock().unwrap().drain(..) {
+                task.abort();
+            }
+        }
+
+        fn restore(&self) {
+            self.enabled.store(true, Ordering::SeqCst);
+        }
+    }
+
+    impl Drop for Proxy {
+        fn drop(&mut self) {
+            self.cut();
+            self.accept.abort();
+        }
+    }
+
+    #[tokio::test]
+    async fn recovers_when_redis_comes_back_and_rejections_are_cached() {
+        let Some(url) = redis_url() else { return };
+        let proxy = Proxy::start(&url).await;
+        let prefix = unique_prefix("rl-recover");
+        let store =
+            store(&format!("redis://127.0.0.1:{}", proxy.port), &prefix, FailurePolicy::FailClosed)
+                .timeout(Duration::from_millis(500));
+        let mut service = RateLimitLayer::per_ip(Quota::per_minute(nz(1)))
+            .with_store(store)
+            .layer(service_fn(ok));
+        let (limited, other) = ([192, 0, 2, 1], [192, 0, 2, 2]);
+        assert_eq!(send(&mut service, from_peer(limited)).await.status(), StatusCode::OK);
+        assert_eq!(
+            send(&mut service, from_peer(limited)).await.status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+
+        proxy.cut();
+        assert_eq!(
+            send(&mut service, from_peer(other)).await.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        // The rejected client is answered from the local cache, without Redis.
+        let response = send(&mut service, from_peer(limited)).await;
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(header(&response, "ratelimit").starts_with(r#""default";r=0;t="#));
+
+        proxy.restore();
+        let mut status = StatusCode::SERVICE_UNAVAILABLE;
+        for _ in 0..200 {
+            status = send(&mut service, from_peer(other)).await.status();
+            if status != StatusCode::SERVICE_UNAVAILABLE {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert_eq!(status, StatusCode::OK, "the store reconnected");
+        assert_eq!(
+            send(&mut service, from_peer(other)).await.status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+    }
+}
