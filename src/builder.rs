@@ -4,6 +4,8 @@ use tower::{layer::util::Stack, ServiceBuilder};
 
 #[cfg(feature = "envelope")]
 use crate::envelope::ErrorEnvelopeLayer;
+#[cfg(feature = "rate-limit")]
+use crate::rate_limit::RateLimitLayer;
 
 /// Adds tower-shield's layers to a [`ServiceBuilder`], one method per layer.
 ///
@@ -31,12 +33,28 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
     /// default [`ErrorEnvelopeLayer`]. Put it first (outermost).
     #[cfg(feature = "envelope")]
     fn error_envelope(self) -> ServiceBuilder<Stack<ErrorEnvelopeLayer, L>>;
+
+    /// Applies quotas per key and answers 429 when one is exhausted, with the given
+    /// [`RateLimitLayer`] (e.g. `RateLimitLayer::per_ip(quota)`).
+    #[cfg(feature = "rate-limit")]
+    fn rate_limit<K, St>(
+        self,
+        layer: RateLimitLayer<K, St>,
+    ) -> ServiceBuilder<Stack<RateLimitLayer<K, St>, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     #[cfg(feature = "envelope")]
     fn error_envelope(self) -> ServiceBuilder<Stack<ErrorEnvelopeLayer, L>> {
         self.layer(ErrorEnvelopeLayer::new())
+    }
+
+    #[cfg(feature = "rate-limit")]
+    fn rate_limit<K, St>(
+        self,
+        layer: RateLimitLayer<K, St>,
+    ) -> ServiceBuilder<Stack<RateLimitLayer<K, St>, L>> {
+        self.layer(layer)
     }
 }
 
