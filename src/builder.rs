@@ -36,8 +36,11 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
 
     /// Applies quotas per key and answers 429 when one is exhausted, with the given
     /// [`RateLimitLayer`] (e.g. `RateLimitLayer::per_ip(quota)`).
+    ///
+    /// Not named `rate_limit`: tower's `ServiceBuilder` has an inherent `rate_limit(num, per)`
+    /// (feature `limit`), which would shadow a trait method of that name.
     #[cfg(feature = "rate-limit")]
-    fn rate_limit<K, St>(
+    fn rate_limited<K, St>(
         self,
         layer: RateLimitLayer<K, St>,
     ) -> ServiceBuilder<Stack<RateLimitLayer<K, St>, L>>;
@@ -50,7 +53,7 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     }
 
     #[cfg(feature = "rate-limit")]
-    fn rate_limit<K, St>(
+    fn rate_limited<K, St>(
         self,
         layer: RateLimitLayer<K, St>,
     ) -> ServiceBuilder<Stack<RateLimitLayer<K, St>, L>> {

@@ -140,3 +140,29 @@ async fn a_login_handler_locks_usernames_with_the_handle() {
     // The IP is now locked for every username.
     assert_eq!(attempt("dave", "right").await.unwrap().status(), StatusCode::TOO_MANY_REQUESTS);
 }
+
+#[tokio::test]
+async fn grpc_requests_get_resource_exhausted() {
+    use tower::{Service, ServiceBuilder, ServiceExt};
+    use tower_shield::{rate_limit::PeerAddr, ServiceBuilderExt};
+
+    let mut service = ServiceBuilder::new()
+        .error_envelope()
+        .rate_limited(RateLimitLayer::per_ip(Quota::per_minute(nz(1))))
+        .service_fn(|_: http::Request<axum::body::Body>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(axum::body::Body::empty()))
+        });
+    let request = || {
+        let mut request = http::Request::post("/greeter.Greeter/SayHello")
+            .header("content-type", "application/grpc")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        request.extensions_mut().insert(PeerAddr(SocketAddr::from(([192, 0, 2, 1], 5000))));
+        request
+    };
+    service.ready().await.unwrap().call(request()).await.unwrap();
+    let response = service.ready().await.unwrap().call(request()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK); // trailers-only
+    assert_eq!(response.headers()["grpc-status"], "8"); // RESOURCE_EXHAUSTED, never UNAVAILABLE
+    assert_eq!(response.headers()["retry-after"], "60");
+}

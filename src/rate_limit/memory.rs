@@ -161,8 +161,10 @@ impl MemoryStore {
         }
         let mut fresh = vec![0u64; limits.quotas().len()].into_boxed_slice();
         let decision = decide(limits, None, now, cost, mode);
-        if mode == Mode::Peek {
-            // Nothing to remember: an unseen key is a full bucket.
+        if mode == Mode::Peek && inner.len.load(Ordering::Acquire) < inner.capacity {
+            // Nothing to remember: an unseen key is a full bucket. (When the store is full,
+            // an unseen key would be charged to the overflow bucket, so it is peeked there:
+            // otherwise a flood of other keys would exempt it from only-failures counting.)
             return decision;
         }
         if !decision.is_allowed() && mode == Mode::Acquire {

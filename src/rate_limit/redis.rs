@@ -43,6 +43,8 @@ pub enum FailurePolicy {
 /// * Keys are `<prefix>{<hex of the rate key>}:<quota name>:<interval ns>:<burst>`: the hash
 ///   tag puts every quota of one key in the same Redis Cluster slot, and a changed quota does
 ///   not reuse old state. Each key gets a TTL (`PX`) of its remaining debt plus one second.
+///   Layers and limiters sharing one store are kept apart by their quota names: give each
+///   quota its own name (`per-ip`, `per-principal`, `login-user`...).
 /// * Each call has a timeout (default 5 ms); the connection reconnects by itself
 ///   ([`ConnectionManager`]). On a failure or a timeout the [`FailurePolicy`] applies; the
 ///   choice is logged at construction.
@@ -51,6 +53,18 @@ pub enum FailurePolicy {
 ///   instance can only push that time later.
 ///
 /// Create it inside a Tokio runtime. Clones share the connection.
+///
+/// ```no_run
+/// use std::num::NonZeroU32;
+/// use tower_shield::rate_limit::{FailurePolicy, Quota, RateLimitLayer, RedisStore};
+///
+/// # #[tokio::main] async fn main() -> Result<(), tower_shield::error::ConfigError> {
+/// let store = RedisStore::new("redis://127.0.0.1:6379", FailurePolicy::FailOpen)?
+///     .prefix("myapp:rl:");
+/// let per_ip = Quota::per_minute(NonZeroU32::new(600).unwrap()).named("per-ip");
+/// let layer = RateLimitLayer::per_ip(per_ip).with_store(store);
+/// # let _ = layer; Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct RedisStore {
     inner: Arc<Inner>,

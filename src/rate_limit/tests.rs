@@ -677,6 +677,25 @@ fn eviction_prefers_idle_keys_and_never_resets_active_ones() {
 }
 
 #[test]
+fn a_flood_cannot_exempt_a_new_key_from_only_failures_counting() {
+    let store = MemoryStore::with_capacity(10).unwrap().with_clock(FakeClock::new());
+    let limits = Limits::new(Quota::per_minute(nz(3)));
+    // An attacker fills the store with active keys (one failure each)...
+    for i in 0..10u32 {
+        store.decide_now(&limits, &RateKey::new(i.to_le_bytes()), 1, Mode::Charge);
+    }
+    assert_eq!(store.len(), 10);
+    // ...then brute-forces a key that is not tracked: its failures land in the overflow
+    // bucket, and its checks look there too.
+    let victim = RateKey::from("alice");
+    for _ in 0..3 {
+        assert!(store.decide_now(&limits, &victim, 1, Mode::Peek).is_allowed());
+        store.decide_now(&limits, &victim, 1, Mode::Charge);
+    }
+    assert!(!store.decide_now(&limits, &victim, 1, Mode::Peek).is_allowed());
+}
+
+#[test]
 fn quotas_reject_invalid_periods_and_clean_names() {
     assert!(Quota::new(nz(10), Duration::ZERO).is_err());
     let q = Quota::new(nz(1000), Duration::from_secs(86_400)).unwrap().named("dai\"ly\n");
