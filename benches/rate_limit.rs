@@ -33,7 +33,11 @@ pub(crate) fn benches(c: &mut Criterion) {
     });
 
     #[cfg(feature = "redis")]
-    redis(&rt, &mut group, generous);
+    {
+        // The Redis store needs Tokio's timer and I/O drivers.
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        redis(&rt, &mut group, generous);
+    }
     group.finish();
 }
 

@@ -52,7 +52,8 @@ pub enum FailurePolicy {
 ///   so a client that is being rejected costs no Redis round trip. It is exact: another
 ///   instance can only push that time later.
 ///
-/// Create it inside a Tokio runtime. Clones share the connection.
+/// Create and use it inside a Tokio runtime with the time and I/O drivers enabled (as
+/// `#[tokio::main]` does). Clones share the connection.
 ///
 /// ```no_run
 /// use std::num::NonZeroU32;
@@ -153,7 +154,8 @@ impl RedisStore {
     ///
     /// # Panics
     ///
-    /// Outside a Tokio runtime (the connection manager runs a task).
+    /// Outside a Tokio runtime (the connection manager runs a task); decisions panic in a
+    /// runtime without the time driver (the per-call timeout).
     pub fn new(url: &str, policy: FailurePolicy) -> Result<Self, ConfigError> {
         let client = redis::Client::open(url)
             .map_err(|e| ConfigError::new(format!("invalid Redis URL: {e}")))?;
