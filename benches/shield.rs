@@ -12,6 +12,7 @@ use tower::{Service, ServiceExt};
 
 mod auth;
 mod envelope;
+mod rate_limit;
 mod scope;
 mod validate;
 
@@ -65,6 +66,7 @@ criterion_group!(
     envelope::benches,
     auth::benches,
     scope::benches,
-    validate::benches
+    validate::benches,
+    rate_limit::benches
 );
 criterion_main!(benches);

@@ -12,6 +12,9 @@ use crate::scope::{Requirement, ScopeLayer};
 #[cfg(feature = "validate")]
 use crate::validate::ValidateLayer;
 
+#[cfg(feature = "rate-limit")]
+use crate::rate_limit::RateLimitLayer;
+
 /// Adds tower-shield's layers to a [`ServiceBuilder`], one method per layer.
 ///
 /// Sealed: implemented for `ServiceBuilder` only.
@@ -55,6 +58,17 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
     /// [`Principal`]: crate::principal::Principal
     #[cfg(feature = "auth")]
     fn authenticate(self, layer: AuthLayer) -> ServiceBuilder<Stack<AuthLayer, L>>;
+
+    /// Applies quotas per key and answers 429 when one is exhausted, with the given
+    /// [`RateLimitLayer`] (e.g. `RateLimitLayer::per_ip(quota)`).
+    ///
+    /// Not named `rate_limit`: tower's `ServiceBuilder` has an inherent `rate_limit(num, per)`
+    /// (feature `limit`), which would shadow a trait method of that name.
+    #[cfg(feature = "rate-limit")]
+    fn rate_limited<K, St>(
+        self,
+        layer: RateLimitLayer<K, St>,
+    ) -> ServiceBuilder<Stack<RateLimitLayer<K, St>, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
@@ -75,6 +89,14 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
 
     #[cfg(feature = "auth")]
     fn authenticate(self, layer: AuthLayer) -> ServiceBuilder<Stack<AuthLayer, L>> {
+        self.layer(layer)
+    }
+
+    #[cfg(feature = "rate-limit")]
+    fn rate_limited<K, St>(
+        self,
+        layer: RateLimitLayer<K, St>,
+    ) -> ServiceBuilder<Stack<RateLimitLayer<K, St>, L>> {
         self.layer(layer)
     }
 }

@@ -9,6 +9,7 @@
 //! | [`scope`] | authorization: scopes, roles, step-up (RFC 9470), tenant isolation, resource policies |
 //! | [`validate`] | input validation: body size, content type, JSON shape, JSON Schema, typed DTOs, query and headers |
 //! | [`auth`] | credentials (JWT, API keys) → a [`Principal`](principal::Principal) in the request, 401 otherwise |
+//! | [`rate_limit`] | quotas per client IP (proxy-aware), principal, tenant, API key or route; 429 with `RateLimit` headers; in-memory or Redis |
 //! | [`principal`] | who the caller is, as authenticating layers put it in the request |
 //! | [`clock`] | time, replaceable by a fake clock in tests |
 //! | [`body`] | capped body reading for layers that must see the whole body |
@@ -57,6 +58,8 @@
 //! | `validate` | [`validate`]: `ValidateLayer`, `Validated<T>` (with `axum`) | yes |
 //! | `auth` | [`auth`]: `AuthLayer`, JWT (aws-lc-rs backend), API keys, revocation | yes |
 //! | `jwt-rust-crypto` | jsonwebtoken's RustCrypto backend (aws-lc-rs is installed when both are on) | no |
+//! | `rate-limit` | [`rate_limit`]: `RateLimitLayer`, GCRA quotas, bounded in-memory store | yes |
+//! | `redis` | Redis-backed stores (`rate_limit::RedisStore`) | no |
 //! | `axum` | `IntoResponse` for [`Error`], extractors for `Principal` and `RequestId` | no |
 //! | `tonic` | `From<Error> for tonic::Status` | no |
 //! | `full` | every feature above | no |
@@ -79,6 +82,9 @@ pub mod telemetry;
 pub mod auth;
 #[cfg(feature = "envelope")]
 pub mod envelope;
+#[cfg(feature = "rate-limit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rate-limit")))]
+pub mod rate_limit;
 #[cfg(feature = "scope")]
 pub mod scope;
 #[cfg(feature = "validate")]

@@ -1,0 +1,282 @@
+use std::{
+    future::Future,
+    io::Write,
+    pin::Pin,
+    sync::Arc,
+    task::{ready, Context, Poll},
+};
+
+use http::{request::Parts, HeaderMap, HeaderName, HeaderValue, Request, Response};
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use super::{
+    gcra::{Decision, Mode},
+    key::RateKey,
+    layer::Shared,
+    quota::{ceil_secs, Limits},
+    store::Store,
+};
+use crate::{Error, ErrorKind};
+
+pin_project! {
+    /// Response future of [`RateLimit`](super::RateLimit).
+    pub struct ResponseFuture<S, St, ReqBody, ResBody>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+        St: Store,
+    {
+        #[pin]
+        state: State<S, St, ReqBody, ResBody>,
+        cx: Option<Ctx<St>>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, St, ReqBody, ResBody>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+        St: Store,
+    {
+        Deciding {
+            #[pin]
+            decision: St::Future,
+            inner: Option<S>,
+            request: Option<Request<ReqBody>>,
+        },
+        Calling { #[pin] future: S::Future },
+        Recording { #[pin] decision: St::Future, response: Option<Response<ResBody>> },
+        Rejected { response: Option<Response<ResBody>> },
+        Done,
+    }
+}
+
+pub(crate) struct Ctx<St> {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) limits: Limits,
+    pub(crate) cost: u32,
+    /// Only-failures counting: the store and key to charge when the predicate holds.
+    pub(crate) record: Option<(St, RateKey)>,
+    pub(crate) decision: Option<Decision>,
+}
+
+impl<S, St, ReqBody, ResBody> ResponseFuture<S, St, ReqBody, ResBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    St: Store,
+{
+    pub(crate) fn deciding(
+        decision: St::Future,
+        inner: S,
+        request: Request<ReqBody>,
+        cx: Ctx<St>,
+    ) -> Self {
+        Self {
+            state: State::Deciding { decision, inner: Some(inner), request: Some(request) },
+            cx: Some(cx),
+        }
+    }
+
+    pub(crate) fn passthrough(future: S::Future) -> Self {
+        Self { state: State::Calling { future }, cx: None }
+    }
+
+    pub(crate) fn rejected(response: Response<ResBody>) -> Self {
+        Self { state: State::Rejected { response: Some(response) }, cx: None }
+    }
+}
+
+impl<S, St, ReqBody, ResBody> Future for ResponseFuture<S, St, ReqBody, ResBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    St: Store,
+    ResBody: Default,
+{
+    type Output = Result<Response<ResBody>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Deciding { decision, inner, request } => {
+                    let outcome = ready!(decision.poll(cx));
+                    let ctx = this.cx.as_mut().expect("context present while deciding");
+                    let request = request.take().expect("request present while deciding");
+                    let response = match outcome {
+                        Err(error) => Some(error.to_response()),
+                        Ok(decision) if !decision.is_allowed() => {
+                            Some(reject(&ctx.shared, &ctx.limits, &decision, &request))
+                        }
+                        Ok(decision) => {
+                            ctx.decision = Some(decision);
+                            None
+                        }
+                    };
+                    match response {
+                        Some(response) => {
+                            this.state.set(State::Done);
+                            *this.cx = None;
+                            return Poll::Ready(Ok(response));
+                        }
+                        None => {
+                            let mut inner = inner.take().expect("inner present while deciding");
+                            let future = inner.call(request);
+                            this.state.set(State::Calling { future });
+                        }
+                    }
+                }
+                StateProj::Calling { future } => {
+                    let mut response = ready!(future.poll(cx))?;
+                    let Some(ctx) = this.cx.as_mut() else {
+                        this.state.set(State::Done);
+                        return Poll::Ready(Ok(response));
+                    };
+                    let charge = match (&ctx.record, &ctx.shared.count_only) {
+                        (Some(_), Some(predicate)) => predicate(response.status()),
+                        _ => false,
+                    };
+                    if charge {
+                        let (store, key) = ctx.record.as_ref().expect("checked above");
+                        let decision = store.decide(&ctx.limits, key, ctx.cost, Mode::Charge);
+                        this.state.set(State::Recording { decision, response: Some(response) });
+                        continue;
+                    }
+                    let ctx = this.cx.take().expect("checked above");
+                    if let Some(decision) = &ctx.decision {
+                        write_headers(response.headers_mut(), &ctx.shared, &ctx.limits, decision);
+                    }
+                    this.state.set(State::Done);
+                    return Poll::Ready(Ok(response));
+                }
+                StateProj::Recording { decision, response } => {
+                    let outcome = ready!(decision.poll(cx));
+                    let mut response = response.take().expect("response present while recording");
+                    let ctx = this.cx.take().expect("context present while recording");
+                    // A store failure here is logged by the store; the response stands.
+                    if let Some(decision) = outcome.ok().or(ctx.decision) {
+                        write_headers(response.headers_mut(), &ctx.shared, &ctx.limits, &decision);
+                    }
+                    this.state.set(State::Done);
+                    return Poll::Ready(Ok(response));
+                }
+                StateProj::Rejected { response } => {
+                    let response = response.take().expect("rejection present");
+                    this.state.set(State::Done);
+                    return Poll::Ready(Ok(response));
+                }
+                StateProj::Done => panic!("rate_limit::ResponseFuture polled after completion"),
+            }
+        }
+    }
+}
+
+impl<S, St, ReqBody, ResBody> std::fmt::Debug for ResponseFuture<S, St, ReqBody, ResBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    St: Store,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+static X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+/// `RateLimit`, `RateLimit-Policy` and the legacy headers for `decision`.
+pub(crate) fn write_headers(
+    headers: &mut HeaderMap,
+    shared: &Shared,
+    limits: &Limits,
+    decision: &Decision,
+) {
+    let i = decision.quota_index();
+    let reset = ceil_secs(decision.reset());
+    if shared.headers {
+        headers.insert(RATELIMIT_POLICY.clone(), limits.inner.policy[i].clone());
+        headers.insert(RATELIMIT.clone(), ratelimit_value(limits, decision));
+    }
+    if shared.legacy_headers {
+        headers.insert(X_LIMIT.clone(), limits.inner.legacy_limit[i].clone());
+        headers.insert(X_REMAINING.clone(), HeaderValue::from(decision.remaining()));
+        headers.insert(X_RESET.clone(), HeaderValue::from(reset));
+    }
+}
+
+/// `"name";r=<remaining>;t=<seconds>`.
+pub(crate) fn ratelimit_value(limits: &Limits, decision: &Decision) -> HeaderValue {
+    let prefix = &limits.inner.prefix[decision.quota_index()];
+    let mut buf = Vec::with_capacity(prefix.len() + 24);
+    buf.extend_from_slice(prefix.as_bytes());
+    let _ = write!(buf, "{};t={}", decision.remaining(), ceil_secs(decision.reset()));
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(buf))
+        .unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// The 429 for a rejected decision, with its headers and the security event.
+fn reject<B, ResBody: Default>(
+    shared: &Shared,
+    limits: &Limits,
+    decision: &Decision,
+    request: &Request<B>,
+) -> Response<ResBody> {
+    let policy = limits.quotas()[decision.quota_index()].name();
+    tracing::info!(
+        target: "tower_shield::security",
+        event = "rate_limit.rejected",
+        policy,
+        key_kind = %shared.kind,
+        route = route(request.extensions(), request.uri()),
+        retry_after_ms = u64::try_from(decision.retry_after().as_millis()).unwrap_or(u64::MAX),
+        "rate limit exceeded"
+    );
+    let mut response = Error::new(ErrorKind::RateLimited)
+        .with_reason("rate-limit quota exhausted")
+        .with_retry_after(decision.retry_after())
+        .to_response();
+    write_headers(response.headers_mut(), shared, limits, decision);
+    response
+}
+
+fn route<'a>(extensions: &'a http::Extensions, uri: &'a http::Uri) -> &'a str {
+    #[cfg(feature = "axum")]
+    if let Some(path) = extensions.get::<axum::extract::MatchedPath>() {
+        return path.as_str();
+    }
+    let _ = extensions;
+    uri.path()
+}
+
+/// 429 without `Retry-After`: the request costs more than a quota's burst and can never pass.
+pub(crate) fn reject_too_costly<ResBody: Default>(
+    shared: &Shared,
+    limits: &Limits,
+    parts: &Parts,
+) -> Response<ResBody> {
+    tracing::info!(
+        target: "tower_shield::security",
+        event = "rate_limit.rejected",
+        policy = limits.quotas().first().map_or("", |q| q.name()),
+        key_kind = %shared.kind,
+        route = route(&parts.extensions, &parts.uri),
+        reason = "cost exceeds burst",
+        "rate limit exceeded"
+    );
+    Error::new(ErrorKind::RateLimited)
+        .with_reason("request cost exceeds the quota burst")
+        .to_response()
+}
+
+/// 500 for a request without a key under [`MissingKey::Reject`](super::MissingKey::Reject).
+pub(crate) fn reject_missing_key<ResBody: Default>(kind: &str) -> Response<ResBody> {
+    tracing::warn!(
+        target: "tower_shield::rate_limit",
+        key_kind = kind,
+        "no rate-limit key in the request (is the layer in the right place?); answered 500"
+    );
+    Error::internal("rate-limit key missing").to_response()
+}

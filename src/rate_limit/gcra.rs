@@ -1,0 +1,193 @@
+//! GCRA with governor's semantics, on plain nanosecond timestamps, for several quotas at once.
+
+use std::time::Duration;
+
+use super::quota::Limits;
+
+/// What a store decided for one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    allowed: bool,
+    quota: usize,
+    remaining: u64,
+    reset: Duration,
+    retry_after: Duration,
+}
+
+impl Decision {
+    /// A decision. `quota` is the index (in [`Limits::quotas`]) of the quota that decides the
+    /// headers.
+    pub fn new(
+        allowed: bool,
+        quota: usize,
+        remaining: u64,
+        reset: Duration,
+        retry_after: Duration,
+    ) -> Self {
+        Self { allowed, quota, remaining, reset, retry_after }
+    }
+
+    /// Whether the request fits in every quota.
+    pub fn is_allowed(&self) -> bool {
+        self.allowed
+    }
+
+    /// The index of the most restrictive quota: the one whose wait is longest when rejected,
+    /// or the one with the fewest remaining units when accepted.
+    pub fn quota_index(&self) -> usize {
+        self.quota
+    }
+
+    /// Units left in that quota, after this request if it was charged.
+    pub fn remaining(&self) -> u64 {
+        self.remaining
+    }
+
+    /// Time until that quota is whole again (the `t` of the `RateLimit` header).
+    pub fn reset(&self) -> Duration {
+        self.reset
+    }
+
+    /// When rejected: how long until the same request would pass. Zero when allowed.
+    pub fn retry_after(&self) -> Duration {
+        self.retry_after
+    }
+}
+
+/// Whether to charge the request or only ask if it would pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Check, and charge every quota if all have room (the normal case).
+    Acquire,
+    /// Check without charging (the first half of only-failures counting).
+    Peek,
+    /// Charge every quota whatever the outcome (the second half of only-failures counting:
+    /// the failure happened, so it counts even beyond the limit).
+    Charge,
+}
+
+/// One quota's view at `now`, before charging.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct QuotaCheck {
+    /// The new TAT if charged.
+    pub(crate) next: u64,
+    /// 0 when the request fits, else the wait.
+    pub(crate) wait: u64,
+    /// Remaining units and reset if charged (when it fits) or as is (when it does not).
+    pub(crate) remaining: u64,
+    pub(crate) reset: u64,
+}
+
+/// Governor's GCRA for one quota: `t` the replenish interval, `tau = t * (burst - 1)`, `n` the
+/// cost. `tat` is `None` for a key never seen (equivalent to a full bucket).
+pub(crate) fn check(tat: Option<u64>, now: u64, t: u64, burst: u32, n: u32) -> QuotaCheck {
+    let tau = t.saturating_mul(u64::from(burst.saturating_sub(1)));
+    let tat = tat.unwrap_or(now).max(now);
+    let additional = t.saturating_mul(u64::from(n.saturating_sub(1)));
+    let earliest = tat.saturating_add(additional).saturating_sub(tau);
+    let capacity = tau.saturating_add(t);
+    if now < earliest {
+        let used = tat - now;
+        QuotaCheck {
+            next: tat,
+            wait: earliest - now,
+            remaining: capacity.saturating_sub(used) / t,
+            reset: used,
+        }
+    } else {
+        let next = tat.saturating_add(t).saturating_add(additional);
+        let used = next - now;
+        QuotaCheck { next, wait: 0, remaining: capacity.saturating_sub(used) / t, reset: used }
+    }
+}
+
+/// Checks every quota of `limits` against `tats` (the stored TATs, `None` for a new key) and
+/// updates `tats` when the mode says so. Returns the decision.
+pub(crate) fn decide(
+    limits: &Limits,
+    tats: Option<&mut [u64]>,
+    now: u64,
+    cost: u32,
+    mode: Mode,
+) -> Decision {
+    let quotas = limits.quotas();
+    let mut checks = [QuotaCheck { next: 0, wait: 0, remaining: 0, reset: 0 }; 8];
+    let mut heap = Vec::new();
+    let checks: &mut [QuotaCheck] = if quotas.len() <= checks.len() {
+        &mut checks[..quotas.len()]
+    } else {
+        heap.resize(quotas.len(), checks[0]);
+        &mut heap
+    };
+    let stored = tats.as_deref();
+    for (i, quota) in quotas.iter().enumerate() {
+        let tat = stored.map(|tats| tats[i]);
+        checks[i] = check(tat, now, quota.t_nanos(), quota.burst().get(), cost);
+    }
+    let allowed = checks.iter().all(|c| c.wait == 0);
+    let charge = match mode {
+        Mode::Acquire => allowed,
+        Mode::Peek => false,
+        Mode::Charge => true,
+    };
+    if charge {
+        if let Some(tats) = tats {
+            for (i, quota) in quotas.iter().enumerate() {
+                let start = tats[i].max(now);
+                let t = quota.t_nanos();
+                tats[i] = if checks[i].wait == 0 {
+                    checks[i].next
+                } else {
+                    // Charged beyond the limit: the debt is kept, capped at one burst ahead
+                    // so a flood of failures cannot lock a key out for ever.
+                    let cap = now.saturating_add(t.saturating_mul(u64::from(quota.burst().get())));
+                    start.saturating_add(t.saturating_mul(u64::from(cost))).min(cap.max(start))
+                };
+            }
+        }
+    }
+    let peek = mode == Mode::Peek;
+    summarize(
+        checks.iter().zip(quotas).map(|(c, quota)| {
+            if peek && c.wait == 0 {
+                // As before the (uncharged) request.
+                let charge = quota.t_nanos().saturating_mul(u64::from(cost));
+                (0, c.remaining + u64::from(cost), c.reset.saturating_sub(charge))
+            } else {
+                (c.wait, c.remaining, c.reset)
+            }
+        }),
+        allowed,
+    )
+}
+
+/// Picks the quota that decides the headers, from `(wait, remaining, reset)` per quota.
+pub(crate) fn summarize(
+    per_quota: impl Iterator<Item = (u64, u64, u64)>,
+    allowed: bool,
+) -> Decision {
+    let mut best: Option<(usize, (u64, u64, u64))> = None;
+    for (i, q) in per_quota.enumerate() {
+        let better = match best {
+            None => true,
+            Some((_, b)) => {
+                if allowed {
+                    q.1 < b.1 || (q.1 == b.1 && q.2 > b.2)
+                } else {
+                    q.0 > b.0
+                }
+            }
+        };
+        if better {
+            best = Some((i, q));
+        }
+    }
+    let (index, (wait, remaining, reset)) = best.unwrap_or((0, (0, 0, 0)));
+    Decision::new(
+        allowed,
+        index,
+        remaining,
+        Duration::from_nanos(reset),
+        Duration::from_nanos(wait),
+    )
+}
