@@ -4,6 +4,8 @@ use tower::{layer::util::Stack, ServiceBuilder};
 
 #[cfg(feature = "envelope")]
 use crate::envelope::ErrorEnvelopeLayer;
+#[cfg(feature = "idempotency")]
+use crate::idempotency::IdempotencyLayer;
 
 /// Adds tower-shield's layers to a [`ServiceBuilder`], one method per layer.
 ///
@@ -31,12 +33,22 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
     /// default [`ErrorEnvelopeLayer`]. Put it first (outermost).
     #[cfg(feature = "envelope")]
     fn error_envelope(self) -> ServiceBuilder<Stack<ErrorEnvelopeLayer, L>>;
+
+    /// Makes writes safely retryable with `Idempotency-Key`: the first request runs, retries
+    /// replay its response. See [`IdempotencyLayer`].
+    #[cfg(feature = "idempotency")]
+    fn idempotent(self, layer: IdempotencyLayer) -> ServiceBuilder<Stack<IdempotencyLayer, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     #[cfg(feature = "envelope")]
     fn error_envelope(self) -> ServiceBuilder<Stack<ErrorEnvelopeLayer, L>> {
         self.layer(ErrorEnvelopeLayer::new())
+    }
+
+    #[cfg(feature = "idempotency")]
+    fn idempotent(self, layer: IdempotencyLayer) -> ServiceBuilder<Stack<IdempotencyLayer, L>> {
+        self.layer(layer)
     }
 }
 

@@ -6,6 +6,7 @@
 //! | module | what it does |
 //! |---|---|
 //! | [`envelope`] | request ids, one safe error body for every failure (JSON, RFC 9457 problem details, gRPC status), panic catching |
+//! | [`idempotency`] | safe retries of writes with `Idempotency-Key`: replay, 409 in flight, 422 on reuse; memory or Redis store |
 //! | [`principal`] | who the caller is, as authenticating layers put it in the request |
 //! | [`clock`] | time, replaceable by a fake clock in tests |
 //! | [`body`] | capped body reading for layers that must see the whole body |
@@ -48,6 +49,8 @@
 //! | Name | Description | Default |
 //! |---|---|---|
 //! | `envelope` | [`envelope`]: `ErrorEnvelopeLayer`, request ids | yes |
+//! | `idempotency` | [`idempotency`]: `IdempotencyLayer`, `MemoryStore` | yes |
+//! | `redis` | Redis stores (`idempotency::RedisStore`) | no |
 //! | `axum` | `IntoResponse` for [`Error`], extractors for `Principal` and `RequestId` | no |
 //! | `tonic` | `From<Error> for tonic::Status` | no |
 //! | `full` | every feature above | no |
@@ -68,6 +71,8 @@ pub mod principal;
 pub mod auth;
 #[cfg(feature = "envelope")]
 pub mod envelope;
+#[cfg(feature = "idempotency")]
+pub mod idempotency;
 
 mod builder;
 
