@@ -703,6 +703,8 @@ async fn composes_with_service_builder() {
 
 #[cfg(feature = "redis")]
 mod redis {
+    use ::redis::AsyncCommands;
+
     use super::*;
     use crate::test_helpers::{redis_url, unique_prefix};
 
@@ -710,10 +712,168 @@ mod redis {
         RedisStore::new(url).unwrap().prefix(prefix)
     }
 
+    /// The PTTL (ms) of every key under `prefix`, found with SCAN (never KEYS).
+    async fn ttls(url: &str, prefix: &str) -> Vec<i64> {
+        let client = ::redis::Client::open(url).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let mut keys: Vec<String> = Vec::new();
+        {
+            let mut iter: ::redis::AsyncIter<'_, String> =
+                conn.scan_match(format!("{prefix}*")).await.unwrap();
+            while let Some(key) = iter.next_item().await {
+                keys.push(key.unwrap());
+            }
+        }
+        let mut ttls = Vec::new();
+        for key in keys {
+            assert!(key.starts_with(prefix) && key.ends_with('}'), "hash-tagged key {key}");
+            assert!(!key.contains("secret-key"), "the client's key is never stored in clear");
+            ttls.push(conn.pttl(&key).await.unwrap());
+        }
+        ttls
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn redis_store_suite() {
         let Some(url) = redis_url() else { return };
         suite(|| IdempotencyLayer::new().with_store(store(&url, &unique_prefix("idem-suite"))))
             .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_layers_share_one_redis() {
+        let Some(url) = redis_url() else { return };
+        let prefix = unique_prefix("idem-shared");
+        let runs = Arc::new(AtomicUsize::new(0));
+        let (started, gate) = (Arc::new(Semaphore::new(0)), Arc::new(Semaphore::new(0)));
+        // Two instances of a service, each with its own connection.
+        let a = IdempotencyLayer::new()
+            .with_store(store(&url, &prefix))
+            .layer(gated(&runs, &started, &gate));
+        let b = IdempotencyLayer::new()
+            .with_store(store(&url, &prefix))
+            .layer(gated(&runs, &started, &gate));
+        let first = tokio::spawn(a.clone().oneshot(post(Some("k"), "{}", "alice")));
+        started.acquire().await.unwrap().forget();
+        assert_eq!(send(&b, post(Some("k"), "{}", "alice")).await.0, StatusCode::CONFLICT);
+        gate.add_permits(1);
+        assert_eq!(first.await.unwrap().unwrap().status(), StatusCode::CREATED);
+        let (status, replayed, body) = send(&b, post(Some("k"), "{}", "alice")).await;
+        assert_eq!(
+            (status, replayed.as_deref(), &body[..]),
+            (StatusCode::CREATED, Some("true"), &b"order-1"[..])
+        );
+        assert_eq!(
+            send(&b, post(Some("k"), "{\"x\":2}", "alice")).await.0,
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        // Another prefix is another key space.
+        let c = IdempotencyLayer::new()
+            .with_store(store(&url, &unique_prefix("idem-other")))
+            .layer(counting(&runs));
+        assert_eq!(send(&c, post(Some("k"), "{}", "alice")).await.1, None);
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_key_has_a_ttl() {
+        let Some(url) = redis_url() else { return };
+        let prefix = unique_prefix("idem-ttl");
+        let runs = Arc::new(AtomicUsize::new(0));
+        let (started, gate) = (Arc::new(Semaphore::new(0)), Arc::new(Semaphore::new(0)));
+        let svc = IdempotencyLayer::new()
+            .with_store(store(&url, &prefix))
+            .lock_ttl(Duration::from_secs(30))
+            .ttl(Duration::from_secs(3600))
+            .layer(gated(&runs, &started, &gate));
+        let first = tokio::spawn(svc.clone().oneshot(post(Some("secret-key"), "{}", "alice")));
+        started.acquire().await.unwrap().forget();
+        let lock = ttls(&url, &prefix).await;
+        assert_eq!(lock.len(), 1);
+        assert!(lock[0] > 0 && lock[0] <= 30_000, "lock PTTL {}", lock[0]);
+        gate.add_permits(1);
+        first.await.unwrap().unwrap();
+        let record = ttls(&url, &prefix).await;
+        assert_eq!(record.len(), 1);
+        assert!(record[0] > 30_000 && record[0] <= 3_600_000, "record PTTL {}", record[0]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lock_that_expired_cannot_be_completed_or_released_by_its_old_owner() {
+        let Some(url) = redis_url() else { return };
+        let redis = store(&url, &unique_prefix("idem-owner"));
+        let key = RecordKey::from_bytes([1; 32]);
+        let (fp, ttl) = (Fingerprint::from_bytes([2; 32]), Duration::from_secs(60));
+        let Begin::Acquired(old) = redis.begin(key, fp, Duration::from_millis(1)).await.unwrap()
+        else {
+            panic!("the first begin takes the lock")
+        };
+        // Wait for Redis to expire the 1 ms lock: poll, bounded.
+        let new = 'taken: {
+            for _ in 0..10_000 {
+                if let Begin::Acquired(token) = redis.begin(key, fp, ttl).await.unwrap() {
+                    break 'taken token;
+                }
+                tokio::task::yield_now().await;
+            }
+            panic!("the 1 ms lock never expired");
+        };
+        let response =
+            StoredResponse::new(fp, StatusCode::CREATED, http::HeaderMap::new(), "old".into());
+        assert!(!redis.complete(key, old, response, ttl).await.unwrap());
+        redis.release(key, old).await.unwrap();
+        assert!(matches!(redis.begin(key, fp, ttl).await.unwrap(), Begin::InFlight { .. }));
+        let response =
+            StoredResponse::new(fp, StatusCode::CREATED, http::HeaderMap::new(), "new".into());
+        assert!(redis.complete(key, new, response, ttl).await.unwrap());
+        match redis.begin(key, fp, ttl).await.unwrap() {
+            Begin::Completed(stored) => assert_eq!(stored.body(), "new"),
+            other => panic!("expected the stored response, got {other:?}"),
+        }
+    }
+
+    /// A port nothing listens on.
+    fn closed_port_url() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        format!("redis://127.0.0.1:{port}")
+    }
+
+    #[tokio::test]
+    async fn redis_down_fails_closed_by_default() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let svc = IdempotencyLayer::new()
+            .with_store(store(&closed_port_url(), "idem-down:"))
+            .layer(counting(&runs));
+        let response = svc.clone().oneshot(post(Some("k"), "{}", "alice")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(error_of(&response), ErrorKind::ServiceUnavailable);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(runs.load(Ordering::SeqCst), 0);
+        // Requests the layer does not apply to are unaffected.
+        assert_eq!(send(&svc, post(None, "{}", "alice")).await.0, StatusCode::CREATED);
+    }
+
+    #[tokio::test]
+    async fn redis_down_fails_open_when_configured() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let svc = IdempotencyLayer::new()
+            .with_store(store(&closed_port_url(), "idem-down:"))
+            .on_backend_failure(BackendFailure::FailOpen)
+            .layer(counting(&runs));
+        for n in 1..=2 {
+            let (status, replayed, body) = send(&svc, post(Some("k"), "{}", "alice")).await;
+            assert_eq!(
+                (status, replayed, body),
+                (StatusCode::CREATED, None, Bytes::from(format!("order-{n}")))
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_urls_are_config_errors() {
+        assert!(RedisStore::new("not a url").is_err());
     }
 }
