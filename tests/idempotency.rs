@@ -99,33 +99,33 @@ fn order(
     path: &str,
     key: &str,
     user: &str,
-    body: Value,
+    body: &Value,
 ) -> reqwest::RequestBuilder {
     client()
         .post(format!("http://{addr}{path}"))
         .header("idempotency-key", key)
         .header("x-test-user", user)
-        .json(&body)
+        .json(body)
 }
 
 #[tokio::test]
 async fn a_retry_replays_the_stored_response() {
     let state = App::new();
     let addr = serve(app(state.clone())).await;
-    let first = order(addr, "/orders", "k1", "alice", json!({"sku": "A1"})).send().await.unwrap();
+    let first = order(addr, "/orders", "k1", "alice", &json!({"sku": "A1"})).send().await.unwrap();
     assert_eq!(first.status(), 201);
     assert!(first.headers().get("idempotent-replayed").is_none());
     assert_eq!(first.json::<Value>().await.unwrap(), json!({"id": 1, "sku": "A1"}));
 
     let retry =
-        order(addr, "/orders", "\"k1\"", "alice", json!({"sku": "A1"})).send().await.unwrap();
+        order(addr, "/orders", "\"k1\"", "alice", &json!({"sku": "A1"})).send().await.unwrap();
     assert_eq!(retry.status(), 201);
     assert_eq!(retry.headers()["idempotent-replayed"], "true");
     assert_eq!(retry.headers()["content-type"], "application/json");
     assert_eq!(retry.json::<Value>().await.unwrap(), json!({"id": 1, "sku": "A1"}));
 
     // Another caller with the same key gets its own record.
-    let bob = order(addr, "/orders", "k1", "bob", json!({"sku": "A1"})).send().await.unwrap();
+    let bob = order(addr, "/orders", "k1", "bob", &json!({"sku": "A1"})).send().await.unwrap();
     assert_eq!(bob.json::<Value>().await.unwrap(), json!({"id": 2, "sku": "A1"}));
     assert_eq!(state.runs.load(Ordering::SeqCst), 2);
 }
@@ -134,14 +134,14 @@ async fn a_retry_replays_the_stored_response() {
 async fn rejections_are_rendered_by_the_envelope() {
     let state = App::new();
     let addr = serve(app(state.clone())).await;
-    order(addr, "/orders", "k", "alice", json!({"sku": "A1"})).send().await.unwrap();
+    order(addr, "/orders", "k", "alice", &json!({"sku": "A1"})).send().await.unwrap();
 
-    let reused = order(addr, "/orders", "k", "alice", json!({"sku": "B2"})).send().await.unwrap();
+    let reused = order(addr, "/orders", "k", "alice", &json!({"sku": "B2"})).send().await.unwrap();
     assert_eq!(reused.status(), 422);
     assert_eq!(reused.json::<Value>().await.unwrap()["code"], "idempotency_key_reused");
 
     let secret = format!("secret-{}", "x".repeat(250));
-    let invalid = order(addr, "/orders", &secret, "alice", json!({})).send().await.unwrap();
+    let invalid = order(addr, "/orders", &secret, "alice", &json!({})).send().await.unwrap();
     assert_eq!(invalid.status(), 400);
     let body = invalid.text().await.unwrap();
     assert!(!body.contains("secret-"), "the key is never echoed: {body}");
@@ -175,17 +175,17 @@ async fn rejections_are_rendered_by_the_envelope() {
 async fn a_request_in_flight_gets_409_with_retry_after() {
     let state = App::new();
     let addr = serve(app(state.clone())).await;
-    let first = tokio::spawn(order(addr, "/slow", "k", "alice", json!({})).send());
+    let first = tokio::spawn(order(addr, "/slow", "k", "alice", &json!({})).send());
     state.started.acquire().await.unwrap().forget();
 
-    let conflict = order(addr, "/slow", "k", "alice", json!({})).send().await.unwrap();
+    let conflict = order(addr, "/slow", "k", "alice", &json!({})).send().await.unwrap();
     assert_eq!(conflict.status(), 409);
     assert_eq!(conflict.headers()["retry-after"], "1");
     assert_eq!(conflict.json::<Value>().await.unwrap()["code"], "idempotency_key_in_use");
 
     state.gate.add_permits(1);
     assert_eq!(first.await.unwrap().unwrap().status(), 201);
-    let replay = order(addr, "/slow", "k", "alice", json!({})).send().await.unwrap();
+    let replay = order(addr, "/slow", "k", "alice", &json!({})).send().await.unwrap();
     assert_eq!(replay.headers()["idempotent-replayed"], "true");
     assert_eq!(state.runs.load(Ordering::SeqCst), 1);
 }
@@ -194,10 +194,10 @@ async fn a_request_in_flight_gets_409_with_retry_after() {
 async fn a_panicking_handler_releases_the_key() {
     let state = App::new();
     let addr = serve(app(state.clone())).await;
-    let panicked = order(addr, "/flaky", "k", "alice", json!({})).send().await.unwrap();
+    let panicked = order(addr, "/flaky", "k", "alice", &json!({})).send().await.unwrap();
     assert_eq!(panicked.status(), 500);
     assert_eq!(panicked.json::<Value>().await.unwrap()["code"], "internal");
-    let retry = order(addr, "/flaky", "k", "alice", json!({})).send().await.unwrap();
+    let retry = order(addr, "/flaky", "k", "alice", &json!({})).send().await.unwrap();
     assert_eq!(retry.status(), 201);
     assert_eq!(retry.json::<Value>().await.unwrap(), json!({"id": 2}));
 }

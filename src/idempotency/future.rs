@@ -317,9 +317,10 @@ where
 }
 
 fn replay<B: Body>(stored: StoredResponse) -> Response<ResponseBody<B>> {
-    let mut response = Response::new(ResponseBody::buffered(stored.body().clone()));
-    *response.status_mut() = stored.status();
-    *response.headers_mut() = stored.headers().clone();
+    let (_, status, headers, body) = stored.into_parts();
+    let mut response = Response::new(ResponseBody::buffered(body));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
     response.headers_mut().insert(REPLAYED, HeaderValue::from_static("true"));
     response
 }

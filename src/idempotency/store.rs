@@ -168,6 +168,11 @@ impl StoredResponse {
         &self.body
     }
 
+    /// The fingerprint, status, headers and body.
+    pub fn into_parts(self) -> (Fingerprint, StatusCode, HeaderMap, Bytes) {
+        (self.fingerprint, self.status, self.headers, self.body)
+    }
+
     /// Approximately how many bytes it occupies, for byte budgets.
     pub fn size(&self) -> usize {
         let headers: usize =
