@@ -105,9 +105,11 @@ struct LockGuard {
 
 impl LockGuard {
     /// Releases now (awaiting the store), logging a failure; the lock then expires by itself.
+    /// Dropped midway, the guard still releases from `Drop`.
     async fn release(mut self) {
+        let released = self.store.release(self.record, self.token).await;
         self.armed = false;
-        if let Err(error) = self.store.release(self.record, self.token).await {
+        if let Err(error) = released {
             tracing::warn!(
                 target: "tower_shield::security",
                 event = "backend.failure",
@@ -244,11 +246,12 @@ where
             return Err(error);
         }
     };
-    if !(config.store_status)(response.status()) {
+    let rejection = response.extensions().get::<Error>().is_some();
+    if rejection || !(config.store_status)(response.status()) {
         tracing::debug!(
             target: "tower_shield::security",
             event = "idempotency.not_stored",
-            reason = "status",
+            reason = if rejection { "rejection" } else { "status" },
             route,
             key,
             status = response.status().as_u16(),

@@ -39,7 +39,9 @@
 //! # What is stored
 //!
 //! By default every status below 500 except 408, 425 and 429: a 4xx from the handler is an
-//! answer the retry would get again. A 5xx, a response not stored by
+//! answer the retry would get again. A 5xx, a rejection carrying a tower-shield
+//! [`Error`](crate::Error) (it would lose its details in a replay; it has no side effect to
+//! protect), a response not stored by
 //! [`store_when`](IdempotencyLayer::store_when), an `Err` from the inner service, a panic, and
 //! a request future dropped before the end (client gone, timeout) all **release the lock**, so
 //! the client can retry. A response body over

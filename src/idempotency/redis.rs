@@ -68,13 +68,13 @@ const DONE: u8 = b'D';
 /// Clones share the connection.
 #[derive(Clone)]
 pub struct RedisStore {
-    inner: Arc<Inner>,
+    manager: ConnectionManager,
+    prefix: Arc<str>,
+    timeout: Duration,
+    scripts: Arc<Scripts>,
 }
 
-struct Inner {
-    manager: ConnectionManager,
-    prefix: String,
-    timeout: Duration,
+struct Scripts {
     begin: Script,
     complete: Script,
     release: Script,
@@ -105,10 +105,10 @@ impl RedisStore {
     /// A store on an existing connection manager.
     pub fn from_manager(manager: ConnectionManager) -> Self {
         Self {
-            inner: Arc::new(Inner {
-                manager,
-                prefix: "tower-shield:idempotency:".to_owned(),
-                timeout: Self::TIMEOUT,
+            manager,
+            prefix: Arc::from("tower-shield:idempotency:"),
+            timeout: Self::TIMEOUT,
+            scripts: Arc::new(Scripts {
                 begin: Script::new(BEGIN),
                 complete: Script::new(COMPLETE),
                 release: Script::new(RELEASE),
@@ -116,39 +116,26 @@ impl RedisStore {
         }
     }
 
-    fn inner(&mut self) -> &mut Inner {
-        Arc::get_mut(&mut self.inner).expect("configure a RedisStore before cloning it")
-    }
-
     /// The prefix of every key (default `tower-shield:idempotency:`). Stores that share a
     /// prefix share records.
-    ///
-    /// # Panics
-    ///
-    /// When called on a clone of a store (configure first, then clone).
     #[must_use]
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.inner().prefix = prefix.into();
+        self.prefix = Arc::from(prefix.into());
         self
     }
 
-    /// The most a store call may take (default 500 ms); past it the call fails.
-    ///
-    /// # Panics
-    ///
-    /// When called on a clone of a store (configure first, then clone).
+    /// The most a store call may take (default 500 ms); past it the call fails. The
+    /// connection's own connect and response timeouts stay at 500 ms.
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.inner().timeout = timeout;
+        self.timeout = timeout;
         self
     }
 
     fn key(&self, record: RecordKey) -> String {
-        format!("{}{{{}}}", self.inner.prefix, record.to_hex())
+        format!("{}{{{}}}", self.prefix, record.to_hex())
     }
-}
 
-impl Inner {
     async fn bounded<T>(
         &self,
         what: &'static str,
@@ -206,11 +193,10 @@ impl IdempotencyStore for RedisStore {
         Box::pin(async move {
             let token = LockToken::new();
             let redis_key = this.key(key);
-            let inner = &this.inner;
-            let mut conn = inner.manager.clone();
-            let mut invocation = inner.begin.key(&redis_key);
+            let mut conn = this.manager.clone();
+            let mut invocation = this.scripts.begin.key(&redis_key);
             invocation.arg(&lock_value(token, fingerprint)[..]).arg(millis(lock_ttl));
-            let existing: Option<(Vec<u8>, i64)> = inner
+            let existing: Option<(Vec<u8>, i64)> = this
                 .bounded("idempotency begin failed", invocation.invoke_async(&mut conn))
                 .await?;
             match existing {
@@ -230,15 +216,14 @@ impl IdempotencyStore for RedisStore {
         let this = self.clone();
         Box::pin(async move {
             let redis_key = this.key(key);
-            let inner = &this.inner;
-            let mut conn = inner.manager.clone();
+            let mut conn = this.manager.clone();
             let encoded = response.encode();
             let mut value = BytesMut::with_capacity(1 + encoded.len());
             value.put_u8(DONE);
             value.put_slice(&encoded);
-            let mut invocation = inner.complete.key(&redis_key);
+            let mut invocation = this.scripts.complete.key(&redis_key);
             invocation.arg(&owner(token)[..]).arg(&value[..]).arg(millis(ttl));
-            let stored: i64 = inner
+            let stored: i64 = this
                 .bounded("idempotency complete failed", invocation.invoke_async(&mut conn))
                 .await?;
             Ok(stored == 1)
@@ -249,11 +234,10 @@ impl IdempotencyStore for RedisStore {
         let this = self.clone();
         Box::pin(async move {
             let redis_key = this.key(key);
-            let inner = &this.inner;
-            let mut conn = inner.manager.clone();
-            let mut invocation = inner.release.key(&redis_key);
+            let mut conn = this.manager.clone();
+            let mut invocation = this.scripts.release.key(&redis_key);
             invocation.arg(&owner(token)[..]);
-            let _: i64 = inner
+            let _: i64 = this
                 .bounded("idempotency release failed", invocation.invoke_async(&mut conn))
                 .await?;
             Ok(())
@@ -291,8 +275,8 @@ impl IdempotencyStore for RedisStore {
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStore")
-            .field("prefix", &self.inner.prefix)
-            .field("timeout", &self.inner.timeout)
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
 }

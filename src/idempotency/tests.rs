@@ -642,6 +642,26 @@ async fn store_when_is_configurable() {
 }
 
 #[tokio::test]
+async fn rejections_from_inner_layers_are_not_stored() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&runs);
+    let svc = IdempotencyLayer::new().layer(service_fn(move |_: Req| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        let error = Error::new(ErrorKind::InvalidRequest)
+            .with_detail(crate::error::Detail::new("/quantity", "maximum"));
+        async move { Ok::<_, Infallible>(error.to_response::<Full<Bytes>>()) }
+    }));
+    for _ in 0..2 {
+        let response = svc.clone().oneshot(post(Some("k"), "{}", "alice")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        // The Error (and its details) reaches the envelope every time: never a stripped replay.
+        assert_eq!(response.extensions().get::<Error>().unwrap().details().len(), 1);
+        assert!(response.headers().get("idempotent-replayed").is_none());
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
 async fn layers_sharing_a_memory_store_share_records() {
     let store = MemoryStore::new();
     let runs = Arc::new(AtomicUsize::new(0));
