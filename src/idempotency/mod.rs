@@ -58,6 +58,15 @@
 //! store fails the layer fails closed with 503 `service_unavailable` (the default) or fails
 //! open and runs the request without idempotency, as [configured](BackendFailure).
 //!
+//! # Placement and types
+//!
+//! Put the layer after authentication (it needs the `Principal`) and after validation, just
+//! before the handler. The inner service receives a [`RequestBody`]: the body the layer read
+//! (a [`Buffered`](crate::body::Buffered)) or, when the layer does not apply, the client's body
+//! untouched; axum routers accept it as is. The response body is a [`ResponseBody`]. Requests
+//! the layer does not apply to cost one method check; those with a key run their store round
+//! trips in one boxed future.
+//!
 //! Security events go to target `tower_shield::security` with the key only as a short hash
 //! (`key`), never the key itself or the body.
 //!
