@@ -12,6 +12,7 @@ use tower::{Service, ServiceExt};
 
 mod auth;
 mod envelope;
+mod idempotency;
 mod rate_limit;
 mod scope;
 mod validate;
@@ -67,6 +68,7 @@ criterion_group!(
     auth::benches,
     scope::benches,
     validate::benches,
-    rate_limit::benches
+    rate_limit::benches,
+    idempotency::benches
 );
 criterion_main!(benches);

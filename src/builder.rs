@@ -15,6 +15,9 @@ use crate::validate::ValidateLayer;
 #[cfg(feature = "rate-limit")]
 use crate::rate_limit::RateLimitLayer;
 
+#[cfg(feature = "idempotency")]
+use crate::idempotency::IdempotencyLayer;
+
 /// Adds tower-shield's layers to a [`ServiceBuilder`], one method per layer.
 ///
 /// Sealed: implemented for `ServiceBuilder` only.
@@ -69,6 +72,11 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
         self,
         layer: RateLimitLayer<K, St>,
     ) -> ServiceBuilder<Stack<RateLimitLayer<K, St>, L>>;
+
+    /// Makes writes safely retryable with `Idempotency-Key`: the first request runs, retries
+    /// replay its response. See [`IdempotencyLayer`].
+    #[cfg(feature = "idempotency")]
+    fn idempotent(self, layer: IdempotencyLayer) -> ServiceBuilder<Stack<IdempotencyLayer, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
@@ -97,6 +105,11 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
         self,
         layer: RateLimitLayer<K, St>,
     ) -> ServiceBuilder<Stack<RateLimitLayer<K, St>, L>> {
+        self.layer(layer)
+    }
+
+    #[cfg(feature = "idempotency")]
+    fn idempotent(self, layer: IdempotencyLayer) -> ServiceBuilder<Stack<IdempotencyLayer, L>> {
         self.layer(layer)
     }
 }

@@ -10,6 +10,7 @@
 //! | [`validate`] | input validation: body size, content type, JSON shape, JSON Schema, typed DTOs, query and headers |
 //! | [`auth`] | credentials (JWT, API keys) → a [`Principal`](principal::Principal) in the request, 401 otherwise |
 //! | [`rate_limit`] | quotas per client IP (proxy-aware), principal, tenant, API key or route; 429 with `RateLimit` headers; in-memory or Redis |
+//! | [`idempotency`] | safe retries of writes with `Idempotency-Key`: replay, 409 in flight, 422 on reuse; memory or Redis store |
 //! | [`principal`] | who the caller is, as authenticating layers put it in the request |
 //! | [`clock`] | time, replaceable by a fake clock in tests |
 //! | [`body`] | capped body reading for layers that must see the whole body |
@@ -60,6 +61,8 @@
 //! | `jwt-rust-crypto` | jsonwebtoken's RustCrypto backend (aws-lc-rs is installed when both are on) | no |
 //! | `rate-limit` | [`rate_limit`]: `RateLimitLayer`, GCRA quotas, bounded in-memory store | yes |
 //! | `redis` | Redis-backed stores (`rate_limit::RedisStore`) | no |
+//! | `idempotency` | [`idempotency`]: `IdempotencyLayer`, `MemoryStore` | yes |
+//! | `redis` | Redis stores (`idempotency::RedisStore`) | no |
 //! | `axum` | `IntoResponse` for [`Error`], extractors for `Principal` and `RequestId` | no |
 //! | `tonic` | `From<Error> for tonic::Status` | no |
 //! | `full` | every feature above | no |
@@ -89,6 +92,9 @@ pub mod rate_limit;
 pub mod scope;
 #[cfg(feature = "validate")]
 pub mod validate;
+
+#[cfg(feature = "idempotency")]
+pub mod idempotency;
 
 mod builder;
 
