@@ -1,5 +1,13 @@
 //! Authentication: turns a credential into a [`Principal`](crate::principal::Principal).
+//!
+//! Key sources for JWT verification: [`KeySet`] (a JWK set given inline, see [`jwk`]) and, with
+//! feature `jwks`, [`RemoteJwks`] (a JWK set fetched from a JWKS or OIDC discovery URL, see
+//! [`jwks`]). With feature `introspection`, [`Introspection`] checks opaque OAuth 2.0 tokens
+//! (RFC 7662, see [`introspection`]).
 
 mod key;
 
+pub mod jwk;
+
+pub use self::jwk::{KeySet, KeySetConfig};
 pub use self::key::VerifyingKey;
