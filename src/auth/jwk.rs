@@ -570,7 +570,7 @@ pub(crate) mod tests {
             with(jwk(Algorithm::EdDSA, ED25519_PEM, "x"), "crv", json!("X25519")),
             with(ec.clone(), "x", json!("not base64!")),
             with(ec.clone(), "y", json!("AAAA")),
-            without(ec.clone(), "y"),
+            without(ec, "y"),
             with(jwk(Algorithm::EdDSA, ED25519_PEM, "x"), "x", json!("AAAA")),
             with(
                 jwk(Algorithm::RS256, RSA_PEM, "x"),

@@ -11,3 +11,9 @@ pub mod jwk;
 
 pub use self::jwk::{KeySet, KeySetConfig};
 pub use self::key::VerifyingKey;
+
+#[cfg(feature = "jwks")]
+pub mod jwks;
+
+#[cfg(feature = "jwks")]
+pub use self::jwks::{RemoteJwks, RemoteJwksBuilder};
