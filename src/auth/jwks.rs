@@ -59,13 +59,16 @@ use std::{
     time::Duration,
 };
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{header, HeaderMap, StatusCode};
 use jsonwebtoken::Algorithm;
 use reqwest::{redirect, Url};
 use tokio::sync::{oneshot, watch};
 
-use super::{KeySet, KeySetConfig, VerifyingKey};
+use super::{
+    jwk::fetch::{check_url, describe, host, read_capped},
+    KeySet, KeySetConfig, VerifyingKey,
+};
 use crate::{
     clock::{Clock, SystemClock},
     error::ConfigError,
@@ -635,68 +638,6 @@ async fn wait(mut fetch: watch::Receiver<Option<Result<(), Error>>>) -> Result<(
 
 fn unavailable(reason: impl Into<std::borrow::Cow<'static, str>>) -> Error {
     Error::new(ErrorKind::ServiceUnavailable).with_reason(reason)
-}
-
-/// `https`, or `http` to a loopback host, or `http` anywhere when `insecure` allows.
-pub(crate) fn check_url(url: &Url, insecure: bool) -> Result<(), &'static str> {
-    match url.scheme() {
-        "https" => Ok(()),
-        "http" if insecure || is_loopback(url) => Ok(()),
-        "http" => Err("URL must use https (http is only allowed for loopback hosts)"),
-        _ => Err("URL must use https"),
-    }
-}
-
-fn is_loopback(url: &Url) -> bool {
-    let Some(host) = url.host_str() else { return false };
-    let ip = host.trim_start_matches('[').trim_end_matches(']');
-    match ip.parse::<std::net::IpAddr>() {
-        Ok(ip) => ip.is_loopback(),
-        Err(_) => host.eq_ignore_ascii_case("localhost"),
-    }
-}
-
-/// The host of `url`, for log lines (no user info, path or query).
-pub(crate) fn host(url: &Url) -> String {
-    match url.port() {
-        Some(port) => format!("{}:{port}", url.host_str().unwrap_or("")),
-        None => url.host_str().unwrap_or("").to_owned(),
-    }
-}
-
-/// Reads a response body, failing as soon as it would exceed `limit` bytes.
-pub(crate) async fn read_capped(
-    response: &mut reqwest::Response,
-    limit: usize,
-) -> Result<Bytes, String> {
-    if response.content_length().is_some_and(|len| len > limit as u64) {
-        return Err(format!("body larger than {limit} bytes"));
-    }
-    let mut body = BytesMut::new();
-    while let Some(chunk) =
-        response.chunk().await.map_err(|e| format!("reading body: {}", e.without_url()))?
-    {
-        if body.len() + chunk.len() > limit {
-            return Err(format!("body larger than {limit} bytes"));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
-}
-
-/// A short description of a client error, without the URL.
-pub(crate) fn describe(error: &reqwest::Error) -> &'static str {
-    if error.is_timeout() {
-        "timed out"
-    } else if error.is_connect() {
-        "connection failed"
-    } else if error.is_redirect() {
-        "redirect refused"
-    } else if error.is_body() || error.is_decode() {
-        "broken response body"
-    } else {
-        "request failed"
-    }
 }
 
 /// `Cache-Control: max-age`, with `no-cache`/`no-store` as zero.

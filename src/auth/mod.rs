@@ -17,3 +17,9 @@ pub mod jwks;
 
 #[cfg(feature = "jwks")]
 pub use self::jwks::{RemoteJwks, RemoteJwksBuilder};
+
+#[cfg(feature = "introspection")]
+pub mod introspection;
+
+#[cfg(feature = "introspection")]
+pub use self::introspection::{Introspection, IntrospectionBuilder};
