@@ -26,6 +26,9 @@ const P256_B: &[u8] = include_bytes!("fixtures/test-only-ec-p256-b.pem");
 const ED25519: &[u8] = include_bytes!("fixtures/test-only-ed25519.pem");
 
 fn encoding_key(alg: Algorithm, pem: &[u8]) -> EncodingKey {
+    // With both crypto backends enabled (`--all-features`) jsonwebtoken cannot pick one.
+    #[cfg(all(feature = "jwt-rust-crypto", feature = "jwt-aws-lc-rs"))]
+    let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
     match alg {
         Algorithm::EdDSA => EncodingKey::from_ed_pem(pem).unwrap(),
         _ => EncodingKey::from_ec_pem(pem).unwrap(),

@@ -522,7 +522,7 @@ impl Inner {
                 _ => {}
             }
         }
-        if let Some(Some(auth_time)) = numeric(&answer, "auth_time").ok() {
+        if let Ok(Some(auth_time)) = numeric(&answer, "auth_time") {
             if auth_time >= 0.0 {
                 builder =
                     builder.auth_time(UNIX_EPOCH + Duration::from_secs_f64(auth_time.min(1e12)));
@@ -605,7 +605,10 @@ mod tests {
     }
 
     fn answer(value: Value) -> Map<String, Value> {
-        value.as_object().unwrap().clone()
+        match value {
+            Value::Object(map) => map,
+            other => panic!("not an object: {other}"),
+        }
     }
 
     #[test]

@@ -514,7 +514,15 @@ pub(crate) mod tests {
     pub(crate) const ED25519_PEM: &[u8] =
         include_bytes!("../../tests/fixtures/test-only-ed25519.pem");
 
+    /// With both crypto backends enabled (`--all-features`) jsonwebtoken cannot pick one by
+    /// itself; the tests pick aws-lc-rs.
+    pub(crate) fn install_crypto_provider() {
+        #[cfg(all(feature = "jwt-rust-crypto", feature = "jwt-aws-lc-rs"))]
+        let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
+    }
+
     pub(crate) fn encoding_key(alg: Algorithm, pem: &[u8]) -> EncodingKey {
+        install_crypto_provider();
         match alg {
             Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(pem).unwrap(),
             Algorithm::EdDSA => EncodingKey::from_ed_pem(pem).unwrap(),

@@ -43,7 +43,7 @@
 //! use tower_shield::auth::RemoteJwks;
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let jwks = RemoteJwks::discover("https://login.example.com/")?.build()?;
+//! let jwks = RemoteJwks::discover("https://login.example.com/").build()?;
 //!
 //! // In an authenticator, with the kid and alg of the token's header:
 //! match jwks.key(Some("2026-01"), Algorithm::RS256).await {
