@@ -338,3 +338,58 @@ async fn a_flood_of_distinct_tokens_keeps_the_caches_bounded() {
     }
     assert!(introspection.cached_entries() > 0);
 }
+
+/// Collects formatted tracing output of the current thread (the tests run on a current-thread
+/// runtime, so spawned tasks log here too).
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn capture(&self) -> tracing::subscriber::DefaultGuard {
+        let logs = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || logs.clone())
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn failures_are_logged_without_the_token_or_the_secret() {
+    let logs = Logs::default();
+    let _guard = logs.capture();
+    let (server, endpoint) = serve().await;
+    let clock = FakeClock::new();
+    let introspection = builder(&endpoint, &clock).build().unwrap();
+    server.mode(Mode::Status(StatusCode::BAD_GATEWAY));
+    let token = "active-Zm9vYmFyLXNlY3JldC10b2tlbg";
+    assert!(introspection.introspect(token).await.is_err());
+    assert!(introspection.introspect("inactive-Zm9vYmFyLXNlY3JldA").await.is_err());
+    server.mode(Mode::Normal);
+    assert!(introspection.introspect(token).await.is_ok());
+    assert!(introspection.introspect("inactive-Zm9vYmFyLXNlY3JldA").await.is_err());
+
+    let text = logs.text();
+    assert!(text.contains(r#""event":"backend.failure""#), "{text}");
+    assert!(text.contains(r#""target":"tower_shield::security""#), "{text}");
+    assert!(text.contains("502"), "{text}");
+    for secret in ["Zm9vYmFyLXNlY3JldC10b2tlbg", "Zm9vYmFyLXNlY3JldA", "p@ss", "cEBzcz"] {
+        assert!(!text.contains(secret), "{secret} leaked into logs: {text}");
+    }
+}

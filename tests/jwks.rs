@@ -108,6 +108,10 @@ impl Idp {
     }
 }
 
+async fn redirect_handler() -> axum::response::Response {
+    (StatusCode::FOUND, [(header::LOCATION, "http://keys.example/jwks")]).into_response()
+}
+
 async fn jwks_handler(State(idp): State<Arc<Idp>>) -> axum::response::Response {
     idp.jwks_fetches.fetch_add(1, Ordering::SeqCst);
     let answer = idp.answer.lock().unwrap().clone();
@@ -134,6 +138,7 @@ async fn discovery_handler(State(idp): State<Arc<Idp>>) -> Json<Value> {
 async fn serve_on(listener: tokio::net::TcpListener, idp: Arc<Idp>) {
     let app = Router::new()
         .route("/jwks", get(jwks_handler))
+        .route("/moved", get(redirect_handler))
         .route("/.well-known/openid-configuration", get(discovery_handler))
         .with_state(idp);
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -446,4 +451,54 @@ async fn a_slow_provider_times_out() {
     let err = jwks.key(Some("a"), Algorithm::ES256).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ServiceUnavailable);
     assert!(err.reason().unwrap().contains("timed out"), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_redirect_to_plain_http_is_refused() {
+    let idp = Idp::new(vec![key_a()]);
+    let base = serve(&idp).await;
+    let jwks = RemoteJwks::from_url(&format!("{base}/moved"))
+        .with_clock(FakeClock::new())
+        .build()
+        .unwrap();
+    let err = jwks.refresh().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ServiceUnavailable);
+    assert!(err.reason().unwrap().contains("redirect"), "{err:?}");
+}
+
+/// Collects formatted tracing output of the current thread.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn failed_refreshes_are_logged_as_backend_failures() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::fmt().json().with_writer(move || writer.clone()).finish(),
+    );
+    let idp = Idp::new(vec![key_a()]);
+    let base = serve(&idp).await;
+    let jwks = remote(&base, &FakeClock::new());
+    jwks.refresh().await.unwrap();
+    idp.answer(Answer::Status(StatusCode::BAD_GATEWAY));
+    assert!(jwks.refresh().await.is_err());
+
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let line = text.lines().find(|l| l.contains("backend.failure")).expect(&text);
+    let event: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(event["target"], "tower_shield::security");
+    assert_eq!(event["fields"]["backend"], "jwks");
+    assert_eq!(event["fields"]["kept_keys"], true);
+    assert!(event["fields"]["reason"].as_str().unwrap().contains("502"), "{line}");
 }
