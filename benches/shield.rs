@@ -11,6 +11,7 @@ use http::{Request, StatusCode};
 use tower::{Service, ServiceExt};
 
 mod envelope;
+mod jwks;
 
 /// A bare axum router with one route: the baseline every layer is compared with.
 pub(crate) fn bare_router() -> Router {
@@ -56,5 +57,5 @@ fn baseline(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, baseline, envelope::benches);
+criterion_group!(benches, baseline, envelope::benches, jwks::benches);
 criterion_main!(benches);
