@@ -12,8 +12,6 @@ pub(crate) fn benches(c: &mut Criterion) {
     use serde_json::{json, Value};
     use tower_shield::auth::{Introspection, KeySet, RemoteJwks};
 
-    use crate::runtime;
-
     #[cfg(all(feature = "jwt-rust-crypto", feature = "jwt-aws-lc-rs"))]
     let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
 
@@ -43,7 +41,8 @@ pub(crate) fn benches(c: &mut Criterion) {
     let document = json!({ "keys": keys }).to_string();
     let set = KeySet::from_json(&document).unwrap();
 
-    let rt = runtime();
+    // IO is needed for the local identity provider.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let base = rt.block_on(async {
         let jwks = Json(serde_json::from_str::<Value>(&document).unwrap());
         let app = Router::new().route("/jwks", get(move || async move { jwks })).route(
