@@ -229,6 +229,19 @@ async fn active_results_are_cached_no_longer_than_the_ttl() {
 }
 
 #[tokio::test]
+async fn concurrent_requests_with_one_token_share_one_call() {
+    let (server, endpoint) = serve().await;
+    let clock = FakeClock::new();
+    let introspection = builder(&endpoint, &clock).build().unwrap();
+    let results = join_all((0..50).map(|_| introspection.introspect("active-alice"))).await;
+    assert!(results.iter().all(|r| r.as_ref().unwrap().subject() == "alice"));
+    assert_eq!(server.calls(), 1);
+    let results = join_all((0..50).map(|_| introspection.introspect("revoked"))).await;
+    assert!(results.iter().all(Result::is_err));
+    assert_eq!(server.calls(), 2);
+}
+
+#[tokio::test]
 async fn inactive_tokens_are_remembered_briefly() {
     let (server, endpoint) = serve().await;
     let clock = FakeClock::new();

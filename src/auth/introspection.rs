@@ -19,7 +19,8 @@
 //! a body over the size cap (default 64 KiB), or an answer without a boolean `active` is
 //! [`ErrorKind::ServiceUnavailable`] (503), logged as `backend.failure` at target
 //! `tower_shield::security`. Concurrent calls to the endpoint are capped (default 64); a call
-//! that waits longer than the timeout for a slot is a 503 too.
+//! that waits longer than the timeout for a slot is a 503 too. Concurrent requests with the
+//! same token share one call (single flight).
 //!
 //! **Caching.** Active results are cached for the configured TTL (default 60 s) but never past
 //! the token's `exp`; rejected tokens for a short negative TTL (default 10 s). The caches are
@@ -52,8 +53,9 @@
 //! ```
 
 use std::{
+    collections::HashMap,
     fmt,
-    sync::Arc,
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -63,7 +65,7 @@ use quick_cache::sync::Cache;
 use reqwest::Url;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 
 use super::jwk::fetch::{check_url, describe, host, read_capped};
 use crate::{
@@ -130,8 +132,12 @@ struct Inner {
     client: reqwest::Client,
     active: Cache<[u8; 32], Active>,
     rejected: Cache<[u8; 32], Duration>,
+    /// Calls in progress, by token digest. An entry lives only while its call runs.
+    flights: Mutex<HashMap<[u8; 32], watch::Receiver<Option<Outcome>>>>,
     slots: Semaphore,
 }
+
+type Outcome = Result<Principal, Error>;
 
 #[derive(Clone)]
 struct Active {
@@ -207,34 +213,21 @@ impl Introspection {
             inner.rejected.remove(&digest);
         }
 
-        let answer = inner.call(token).await.inspect_err(|error| {
-            tracing::warn!(
-                target: "tower_shield::security",
-                event = "backend.failure",
-                backend = "introspection",
-                reason = error.reason().unwrap_or_default(),
-                "token introspection failed"
-            );
-        })?;
-        let now = inner.clock.monotonic();
-        match inner.check(answer) {
-            Ok((principal, lifetime)) => {
-                let lifetime = lifetime.min(inner.config.cache_ttl);
-                if !lifetime.is_zero() {
-                    inner.active.insert(
-                        digest,
-                        Active { principal: principal.clone(), until: now + lifetime },
-                    );
+        // Single flight: concurrent requests with the same token share one call, which runs in
+        // its own task so that a cancelled request does not cancel it for the others.
+        let flight = {
+            let mut flights = inner.flights.lock().unwrap_or_else(PoisonError::into_inner);
+            match flights.get(&digest) {
+                Some(flight) => flight.clone(),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    flights.insert(digest, rx.clone());
+                    tokio::spawn(Arc::clone(inner).resolve(digest, token.to_owned(), tx));
+                    rx
                 }
-                Ok(principal)
             }
-            Err(reason) => {
-                if !inner.config.negative_ttl.is_zero() {
-                    inner.rejected.insert(digest, now + inner.config.negative_ttl);
-                }
-                Err(invalid(reason))
-            }
-        }
+        };
+        wait(flight).await
     }
 
     /// The number of cached results (active and rejected), for monitoring.
@@ -402,6 +395,7 @@ impl IntrospectionBuilder {
                 authorization,
                 active: Cache::new(config.cache_capacity),
                 rejected: Cache::new(config.negative_capacity),
+                flights: Mutex::new(HashMap::new()),
                 slots: Semaphore::new(config.max_concurrent),
                 config,
                 clock: self.clock,
@@ -423,6 +417,50 @@ impl fmt::Debug for IntrospectionBuilder {
 }
 
 impl Inner {
+    /// Calls the endpoint, caches the outcome, ends the flight and publishes the outcome.
+    async fn resolve(
+        self: Arc<Self>,
+        digest: [u8; 32],
+        token: String,
+        tx: watch::Sender<Option<Outcome>>,
+    ) {
+        let outcome = self.resolve_uncached(digest, &token).await;
+        drop(token);
+        self.flights.lock().unwrap_or_else(PoisonError::into_inner).remove(&digest);
+        tx.send_replace(Some(outcome));
+    }
+
+    async fn resolve_uncached(&self, digest: [u8; 32], token: &str) -> Outcome {
+        let answer = self.call(token).await.inspect_err(|error| {
+            tracing::warn!(
+                target: "tower_shield::security",
+                event = "backend.failure",
+                backend = "introspection",
+                reason = error.reason().unwrap_or_default(),
+                "token introspection failed"
+            );
+        })?;
+        let now = self.clock.monotonic();
+        match self.check(answer) {
+            Ok((principal, lifetime)) => {
+                let lifetime = lifetime.min(self.config.cache_ttl);
+                if !lifetime.is_zero() {
+                    self.active.insert(
+                        digest,
+                        Active { principal: principal.clone(), until: now + lifetime },
+                    );
+                }
+                Ok(principal)
+            }
+            Err(reason) => {
+                if !self.config.negative_ttl.is_zero() {
+                    self.rejected.insert(digest, now + self.config.negative_ttl);
+                }
+                Err(invalid(reason))
+            }
+        }
+    }
+
     /// One call to the endpoint, within the timeout and the concurrency cap.
     async fn call(&self, token: &str) -> Result<Map<String, Value>, Error> {
         let work = async {
@@ -555,6 +593,13 @@ fn unix_seconds(time: SystemTime) -> f64 {
     match time.duration_since(UNIX_EPOCH) {
         Ok(d) => d.as_secs_f64(),
         Err(e) => -e.duration().as_secs_f64(),
+    }
+}
+
+async fn wait(mut flight: watch::Receiver<Option<Outcome>>) -> Outcome {
+    match flight.wait_for(Option::is_some).await {
+        Ok(outcome) => outcome.clone().unwrap_or_else(|| Err(unavailable("introspection ended"))),
+        Err(_) => Err(unavailable("introspection task ended without a result")),
     }
 }
 
