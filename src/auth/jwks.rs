@@ -55,7 +55,10 @@
 
 use std::{
     fmt,
-    sync::{Arc, Mutex, PoisonError, RwLock, Weak},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, PoisonError, RwLock, Weak,
+    },
     time::Duration,
 };
 
@@ -132,6 +135,8 @@ struct Inner {
     client: reqwest::Client,
     current: RwLock<Option<Arc<Loaded>>>,
     state: Mutex<State>,
+    /// Whether the background refresh task was spawned.
+    background_started: AtomicBool,
     /// Dropped with `Inner`, which tells the background task to stop.
     stop: Mutex<Option<oneshot::Sender<()>>>,
 }
@@ -149,7 +154,6 @@ struct State {
     last_failed: Option<Duration>,
     failing: bool,
     jwks_uri: Option<Url>,
-    background_started: bool,
 }
 
 /// Why a fetch is wanted; decides whether it may start now.
@@ -411,6 +415,7 @@ impl RemoteJwksBuilder {
                 client,
                 current: RwLock::new(None),
                 state: Mutex::new(State::default()),
+                background_started: AtomicBool::new(false),
                 stop: Mutex::new(None),
             }),
         })
@@ -574,13 +579,13 @@ impl Inner {
 
     /// Starts the background refresh task once, if a tokio runtime is running.
     fn start_background(self: &Arc<Self>) {
-        let mut state = self.state();
-        if state.background_started {
+        if self.background_started.load(Ordering::Acquire) {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        state.background_started = true;
-        drop(state);
+        if self.background_started.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let (tx, rx) = oneshot::channel();
         *self.stop.lock().unwrap_or_else(PoisonError::into_inner) = Some(tx);
         runtime.spawn(background(Arc::downgrade(self), rx));
@@ -761,7 +766,7 @@ mod tests {
         let metrics = tokio::runtime::Handle::current().metrics();
         let before = metrics.num_alive_tasks();
         jwks.inner.start_background();
-        assert!(jwks.inner.state().background_started);
+        assert!(jwks.inner.background_started.load(Ordering::Acquire));
         assert_eq!(metrics.num_alive_tasks(), before + 1);
         let weak = Arc::downgrade(&jwks.inner);
         let clone = jwks.clone();
