@@ -13,6 +13,7 @@ use tower::{Service, ServiceExt};
 mod auth;
 mod envelope;
 mod idempotency;
+mod jwks;
 mod rate_limit;
 mod scope;
 mod validate;
@@ -69,6 +70,7 @@ criterion_group!(
     scope::benches,
     validate::benches,
     rate_limit::benches,
-    idempotency::benches
+    idempotency::benches,
+    jwks::benches
 );
 criterion_main!(benches);

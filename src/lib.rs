@@ -63,6 +63,8 @@
 //! | `redis` | Redis-backed stores (`rate_limit::RedisStore`) | no |
 //! | `idempotency` | [`idempotency`]: `IdempotencyLayer`, `MemoryStore` | yes |
 //! | `redis` | Redis stores (`idempotency::RedisStore`) | no |
+//! | `jwks` | `auth::RemoteJwks`: JWT keys from a JWKS or OIDC discovery URL, cached and rotated | no |
+//! | `introspection` | `auth::Introspection`: RFC 7662 opaque token introspection, cached | no |
 //! | `axum` | `IntoResponse` for [`Error`], extractors for `Principal` and `RequestId` | no |
 //! | `tonic` | `From<Error> for tonic::Status` | no |
 //! | `full` | every feature above | no |

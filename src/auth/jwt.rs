@@ -592,6 +592,20 @@ fn verify_signed(inner: &Inner, token: &str, allow_refresh: bool) -> Signed {
         }
     }
     let keys = inner.source.keys();
+    if keys.is_empty() {
+        // Only a remote source that has not loaded yet has no keys: fetch, or answer 503
+        // (fail closed) while the identity provider cannot be reached.
+        if allow_refresh {
+            if let Some(refresh) = inner.source.refresh(parsed.header.kid.as_deref().unwrap_or(""))
+            {
+                return Signed::Refresh(refresh);
+            }
+        }
+        return Signed::Rejected(
+            Error::new(ErrorKind::ServiceUnavailable)
+                .with_reason("jwt: no verifying keys available yet"),
+        );
+    }
     match verify_signature(&keys, &parsed) {
         KeyOutcome::Verified => {}
         KeyOutcome::Rejected(reason) => return Signed::Rejected(invalid(reason)),

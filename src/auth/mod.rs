@@ -80,11 +80,23 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! Key sources for JWT verification: [`KeySet`] (a JWK set given inline, see [`jwk`]) and, with
+//! feature `jwks`, [`RemoteJwks`] (a JWK set fetched from a JWKS or OIDC discovery URL, see
+//! [`jwks`]; pass it to [`JwtBuilder::with_key_source`](jwt::JwtBuilder::with_key_source)).
+//! With feature `introspection`, [`Introspection`] checks opaque OAuth 2.0 tokens (RFC 7662,
+//! see [`introspection`]); it is an [`Authenticator`] of its own, to chain after a [`Jwt`](jwt::Jwt)
+//! built with [`pass_non_jwt_tokens`](jwt::JwtBuilder::pass_non_jwt_tokens).
 
 pub mod api_key;
 mod authenticator;
 mod cache;
 mod future;
+#[cfg(feature = "introspection")]
+pub mod introspection;
+pub mod jwk;
+#[cfg(feature = "jwks")]
+pub mod jwks;
 pub mod jwt;
 mod key;
 mod layer;
@@ -92,11 +104,16 @@ mod public;
 pub mod revocation;
 mod service;
 
+#[cfg(feature = "introspection")]
+pub use self::introspection::{Introspection, IntrospectionBuilder};
+#[cfg(feature = "jwks")]
+pub use self::jwks::{RemoteJwks, RemoteJwksBuilder};
 #[cfg(feature = "redis")]
 pub use self::revocation::RedisRevocation;
 pub use self::{
     authenticator::{AuthRequest, Authenticator, Authorization, BoxAuthFuture, Verdict},
     future::ResponseFuture,
+    jwk::{KeySet, KeySetConfig},
     key::VerifyingKey,
     layer::AuthLayer,
     revocation::{MemoryRevocation, Revocation},
