@@ -58,7 +58,8 @@
 //! | `scope` | [`scope`]: `ScopeLayer`, `Requirement`, `Policy` | yes |
 //! | `validate` | [`validate`]: `ValidateLayer`, `Validated<T>` (with `axum`) | yes |
 //! | `auth` | [`auth`]: `AuthLayer`, JWT (aws-lc-rs backend), API keys, revocation | yes |
-//! | `jwt-rust-crypto` | jsonwebtoken's RustCrypto backend (aws-lc-rs is installed when both are on) | no |
+//! | `jwt-aws-lc-rs` | JWT signatures with aws-lc-rs (fast RSA/ECDSA); `auth` needs it or `jwt-rust-crypto` | yes |
+//! | `jwt-rust-crypto` | JWT signatures with RustCrypto (pure Rust, slower RSA); with both, aws-lc-rs is used | no |
 //! | `rate-limit` | [`rate_limit`]: `RateLimitLayer`, GCRA quotas, bounded in-memory store | yes |
 //! | `redis` | Redis-backed stores (`rate_limit::RedisStore`) | no |
 //! | `idempotency` | [`idempotency`]: `IdempotencyLayer`, `MemoryStore` | yes |
@@ -72,6 +73,12 @@
 //! [tower]: https://docs.rs/tower
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(all(feature = "auth", not(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))))]
+compile_error!(
+    "feature `auth` needs a JWT crypto backend: enable `jwt-aws-lc-rs` (the default) or \
+     `jwt-rust-crypto`"
+);
 
 #[macro_use]
 mod macros;
