@@ -41,7 +41,7 @@ use serde_json::{json, Value};
 use tower_shield::{
     auth::{jwt::Jwt, AuthLayer, RemoteJwks},
     envelope::ErrorEnvelopeLayer,
-    error::ConfigError,
+    error::{Challenge, ConfigError},
     idempotency::{self, IdempotencyLayer},
     principal::Principal,
     rate_limit::{

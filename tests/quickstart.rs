@@ -148,6 +148,11 @@ async fn login_failures_look_alike_and_are_limited() {
     assert_eq!(unknown_user.status(), StatusCode::UNAUTHORIZED);
     let wrong_password = login("demo", "wrong").await.unwrap();
     assert_eq!(wrong_password.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(wrong_password.headers()[header::WWW_AUTHENTICATE], r#"Bearer realm="api""#);
+    assert_eq!(
+        unknown_user.headers()[header::WWW_AUTHENTICATE],
+        wrong_password.headers()[header::WWW_AUTHENTICATE]
+    );
     assert_eq!(body_without_id(unknown_user).await, body_without_id(wrong_password).await);
 
     // 5 failures per minute per IP: 2 so far, 3 more, then 429 with Retry-After.

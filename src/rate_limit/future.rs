@@ -188,6 +188,11 @@ static X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining"
 static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
 /// `RateLimit`, `RateLimit-Policy` and the legacy headers for `decision`.
+///
+/// `RateLimit` and `RateLimit-Policy` are lists (draft-10): stacked layers (per IP outside,
+/// per principal inside) each append their item, so a client rejected by the inner quota still
+/// sees that quota, first. The single-valued legacy `X-RateLimit-*` headers keep the inner
+/// layer's values.
 pub(crate) fn write_headers(
     headers: &mut HeaderMap,
     shared: &Shared,
@@ -197,10 +202,10 @@ pub(crate) fn write_headers(
     let i = decision.quota_index();
     let reset = ceil_secs(decision.reset());
     if shared.headers {
-        headers.insert(RATELIMIT_POLICY.clone(), limits.inner.policy[i].clone());
-        headers.insert(RATELIMIT.clone(), ratelimit_value(limits, decision));
+        headers.append(RATELIMIT_POLICY.clone(), limits.inner.policy[i].clone());
+        headers.append(RATELIMIT.clone(), ratelimit_value(limits, decision));
     }
-    if shared.legacy_headers {
+    if shared.legacy_headers && !headers.contains_key(&X_LIMIT) {
         headers.insert(X_LIMIT.clone(), limits.inner.legacy_limit[i].clone());
         headers.insert(X_REMAINING.clone(), HeaderValue::from(decision.remaining()));
         headers.insert(X_RESET.clone(), HeaderValue::from(reset));
