@@ -262,9 +262,9 @@ async fn login<St: Store + Clone>(
         // password get the same answer.
         state.login_per_ip.record_failure(&by_ip).await;
         state.login_per_user.record_failure(&by_user).await;
-        return Err(
-            Error::new(ErrorKind::InvalidToken).with_reason("login: bad username or password")
-        );
+        return Err(Error::new(ErrorKind::InvalidToken)
+            .with_challenge(Challenge::bearer("api"))
+            .with_reason("login: bad username or password"));
     }
     let token = state
         .settings
