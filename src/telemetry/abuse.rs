@@ -591,7 +591,7 @@ impl State {
             None => None,
         };
         drop(shard);
-        self.report_all(reports);
+        self.report_all(&reports);
         remaining
     }
 
@@ -608,7 +608,7 @@ impl State {
                     });
                 if !room {
                     drop(shard);
-                    self.report_all(reports);
+                    self.report_all(&reports);
                     if !self.warned_full.swap(true, Ordering::Relaxed) {
                         tracing::warn!(
                             target: "tower_shield::telemetry",
@@ -627,7 +627,7 @@ impl State {
             let entry = shard.map.get_mut(&hash).expect("inserted above");
             let report = self.count(entry, key, now);
             drop(shard);
-            self.report_all(reports);
+            self.report_all(&reports);
             report
         };
         if let Some(report) = report {
@@ -715,8 +715,8 @@ impl State {
             .is_ok()
     }
 
-    fn report_all(&self, reports: Vec<Report>) {
-        for report in &reports {
+    fn report_all(&self, reports: &[Report]) {
+        for report in reports {
             self.report(report);
         }
     }
