@@ -649,8 +649,10 @@ impl State {
             entry.strikes = 0;
         }
         entry.tat = entry.tat.max(now).saturating_add(self.increment);
-        let full = self.increment.saturating_mul(u64::from(self.config.threshold.get()));
-        if entry.tat - now < full {
+        // Blocks when the count exceeds `threshold - 1` (GCRA's burst test), so `threshold`
+        // outcomes close together block even though the count drained a little in between.
+        let allowed = self.increment.saturating_mul(u64::from(self.config.threshold.get() - 1));
+        if entry.tat - now <= allowed {
             return unblocked;
         }
         if let Some(report) = unblocked {

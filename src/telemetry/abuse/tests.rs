@@ -80,8 +80,11 @@ fn the_nth_suspicious_response_blocks_and_successes_do_not_count() {
     for _ in 0..10 {
         assert_eq!(send(&svc, request("a", 200)).status(), StatusCode::OK);
     }
+    // Outcomes a little apart (the count drains meanwhile) still add up to the threshold.
     assert_eq!(send(&svc, request("a", 401)).status(), StatusCode::UNAUTHORIZED);
+    clock.advance(Duration::from_secs(1));
     assert_eq!(send(&svc, request("a", 404)).status(), StatusCode::NOT_FOUND);
+    clock.advance(Duration::from_secs(1));
     assert_eq!(send(&svc, request("a", 200)).status(), StatusCode::OK);
     assert_eq!(layer.blocked_for(&ClientKey::from("a")), None);
     // The third suspicious outcome is answered as usual and starts the block.
