@@ -27,7 +27,7 @@
 //!   (default 100,000), each as a keyed 64-bit hash and about 48 bytes of state. See the
 //!   eviction rule below.
 //! * **Events** at target `tower_shield::security`: `abuse.blocked` (warn; fields `key_kind`,
-//!   `client` (a [`fingerprint`](super::fingerprint) of the key, never the key), `strikes`,
+//!   `client` (a [`fingerprint`] of the key, never the key), `strikes`,
 //!   `cool_down_ms`) when a block starts, and `abuse.unblocked` (info; `key_kind`, `client`,
 //!   `strikes`) when the layer next sees the client, or cleans up its entry, after the
 //!   cool-down.
@@ -127,7 +127,7 @@ const CLEANUP_EVERY: u64 = 1_000_000_000;
 
 /// The identity suspicious outcomes are counted against: opaque bytes (an IP prefix, a
 /// subject...). The layer keeps only a keyed 64-bit hash of them, and logs only a
-/// [`fingerprint`](super::fingerprint).
+/// [`fingerprint`].
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct ClientKey {
     repr: Repr,
