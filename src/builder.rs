@@ -18,6 +18,9 @@ use crate::rate_limit::RateLimitLayer;
 #[cfg(feature = "idempotency")]
 use crate::idempotency::IdempotencyLayer;
 
+#[cfg(feature = "telemetry")]
+use crate::telemetry::PenaltyBoxLayer;
+
 /// Adds tower-shield's layers to a [`ServiceBuilder`], one method per layer.
 ///
 /// Sealed: implemented for `ServiceBuilder` only.
@@ -77,6 +80,15 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
     /// replay its response. See [`IdempotencyLayer`].
     #[cfg(feature = "idempotency")]
     fn idempotent(self, layer: IdempotencyLayer) -> ServiceBuilder<Stack<IdempotencyLayer, L>>;
+
+    /// Counts suspicious responses per client and blocks clients past a threshold, with the
+    /// given [`PenaltyBoxLayer`] (e.g. `PenaltyBoxLayer::per_ip()`). Put it outside the layers
+    /// whose rejections it should count (auth, scope, validate).
+    #[cfg(feature = "telemetry")]
+    fn penalize_abuse<K>(
+        self,
+        layer: PenaltyBoxLayer<K>,
+    ) -> ServiceBuilder<Stack<PenaltyBoxLayer<K>, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
@@ -110,6 +122,14 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
 
     #[cfg(feature = "idempotency")]
     fn idempotent(self, layer: IdempotencyLayer) -> ServiceBuilder<Stack<IdempotencyLayer, L>> {
+        self.layer(layer)
+    }
+
+    #[cfg(feature = "telemetry")]
+    fn penalize_abuse<K>(
+        self,
+        layer: PenaltyBoxLayer<K>,
+    ) -> ServiceBuilder<Stack<PenaltyBoxLayer<K>, L>> {
         self.layer(layer)
     }
 }

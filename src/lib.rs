@@ -14,7 +14,7 @@
 //! | [`principal`] | who the caller is, as authenticating layers put it in the request |
 //! | [`clock`] | time, replaceable by a fake clock in tests |
 //! | [`body`] | capped body reading for layers that must see the whole body |
-//! | [`telemetry`] | the security event target, log-injection escaping, secret fingerprints |
+//! | [`telemetry`] | the security event target, log-injection escaping, secret fingerprints; the abuse penalty box (`PenaltyBoxLayer`) |
 //! | [`error`] | the shared error type, its stable codes and protocol headers |
 //!
 //! Every layer rejects with a *response*, never an `Err`: the status, the protocol headers
@@ -54,7 +54,7 @@
 //! | Name | Description | Default |
 //! |---|---|---|
 //! | `envelope` | [`envelope`]: `ErrorEnvelopeLayer`, request ids | yes |
-//! | `telemetry` | [`telemetry`]: security event target, redaction helpers | yes |
+//! | `telemetry` | [`telemetry`]: security event target, redaction helpers, `PenaltyBoxLayer` | yes |
 //! | `scope` | [`scope`]: `ScopeLayer`, `Requirement`, `Policy` | yes |
 //! | `validate` | [`validate`]: `ValidateLayer`, `Validated<T>` (with `axum`) | yes |
 //! | `auth` | [`auth`]: `AuthLayer`, JWT (aws-lc-rs backend), API keys, revocation | yes |

@@ -10,6 +10,10 @@
 //! identifier helps correlation, the layers log a [`fingerprint`] (or an API key's public id);
 //! client-controlled strings are written through [`Escaped`], so they cannot forge log lines.
 //!
+//! [`PenaltyBoxLayer`] (module [`abuse`]) turns those signals into a control: it counts
+//! suspicious responses (401, 403, 404, validation failures) per client and blocks clients past
+//! a threshold for a cool-down that doubles on repeat, answering 429 with `Retry-After`.
+//!
 //! # Example
 //!
 //! ```
@@ -25,9 +29,13 @@
 //! );
 //! ```
 
+pub mod abuse;
 mod redact;
 
-pub use self::redact::{fingerprint, Escaped};
+pub use self::{
+    abuse::{PenaltyBox, PenaltyBoxLayer},
+    redact::{fingerprint, Escaped},
+};
 
 /// The `tracing` target of every security event.
 pub const SECURITY_TARGET: &str = "tower_shield::security";
