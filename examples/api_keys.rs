@@ -81,7 +81,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let keys = ApiKeys::new("sk_live")?
         .header(HeaderName::from_static("x-api-key"))
         .with_key(acme.id(), acme.hash(), Principal::builder("acme").claim("tier", "partner"))?
-        .with_key(initech.id(), initech.hash(), Principal::builder("initech").claim("tier", "free"))?;
+        .with_key(
+            initech.id(),
+            initech.hash(),
+            Principal::builder("initech").claim("tier", "free"),
+        )?;
 
     // The recommended outer stack: envelope, per-IP limit, API key check, per-principal limit.
     let shield = Shield::builder()

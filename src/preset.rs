@@ -154,14 +154,16 @@ use std::{fmt, num::NonZeroU32};
 use http::{Method, StatusCode};
 use tower_layer::{Layer, Stack};
 
+#[cfg(feature = "scope")]
+use crate::scope::{Requirement, ScopeLayer};
 use crate::{
     auth::{Auth, AuthLayer},
     envelope::{ErrorEnvelope, ErrorEnvelopeLayer},
     error::ConfigError,
-    rate_limit::{ClientIp, MemoryStore, MissingKey, PrincipalKey, Quota, RateLimit, RateLimitLayer},
+    rate_limit::{
+        ClientIp, MemoryStore, MissingKey, PrincipalKey, Quota, RateLimit, RateLimitLayer,
+    },
 };
-#[cfg(feature = "scope")]
-use crate::scope::{Requirement, ScopeLayer};
 
 /// The service a [`Shield`] wraps around `S`: envelope, per-IP limit, auth, per-principal
 /// limit, outermost first.
@@ -467,8 +469,10 @@ impl<St: crate::rate_limit::Store + Clone> ShieldBuilder<St> {
             }
         }
         // Its own name, so its Redis keys never meet the per-IP ones.
-        let sensitive_principal =
-            self.sensitive_quota.clone().named(format!("{}-principal", self.sensitive_quota.name()));
+        let sensitive_principal = self
+            .sensitive_quota
+            .clone()
+            .named(format!("{}-principal", self.sensitive_quota.name()));
         let ip = |quota: Quota| {
             RateLimitLayer::new(self.client_ip.clone(), quota).with_store(self.store.clone())
         };
