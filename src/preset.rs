@@ -20,12 +20,15 @@
 //! The inner half is per route, because it depends on the route: apply it with axum's
 //! `route_layer`, inside the shield:
 //!
-//! 5. [`ScopeLayer`](crate::scope::ScopeLayer) ([`Shield::standard`]): **authorize before
+//! 5. [`ScopeLayer`] ([`Shield::standard`]): **authorize before
 //!    validating bodies**, so an unauthorized caller learns nothing about the expected shape
 //!    and costs no body parsing.
 //! 6. [`ValidateLayer`](crate::validate::ValidateLayer): size, content type, JSON shape.
 //! 7. [`IdempotencyLayer`](crate::idempotency::IdempotencyLayer): **validate before
 //!    idempotency**, so an invalid request never reserves or stores a record.
+//!
+//! axum runs the last `route_layer` first, so a write route reads
+//! `post(h).route_layer(idempotency).route_layer(validate).route_layer(shield.standard(req))`.
 //!
 //! # Risk classes
 //!
@@ -35,7 +38,7 @@
 //! | class | helper | what it adds |
 //! |---|---|---|
 //! | public (health, docs, sign-up) | [`Shield::public`] | a stricter per-IP limit (default 60 per minute); list the route with [`ShieldBuilder::add_public`] too |
-//! | standard | [`Shield::standard`] | a scope [`Requirement`](crate::scope::Requirement) |
+//! | standard | [`Shield::standard`] | a scope [`Requirement`] |
 //! | sensitive (login, password reset, token refresh, payments, admin) | [`Shield::sensitive`], [`Shield::sensitive_with_step_up`] | a strict limit per IP and per principal (default 5 per minute) counting only failures (4xx other than 429), so a legitimate user is never slowed down and a guesser is stopped; optionally a step-up requirement (RFC 9470) |
 //!
 //! Each class's limit is one budget per client IP (and per principal), shared by every route
