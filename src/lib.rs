@@ -11,6 +11,7 @@
 //! | [`auth`] | credentials (JWT, API keys) → a [`Principal`](principal::Principal) in the request, 401 otherwise |
 //! | [`rate_limit`] | quotas per client IP (proxy-aware), principal, tenant, API key or route; 429 with `RateLimit` headers; in-memory or Redis |
 //! | [`idempotency`] | safe retries of writes with `Idempotency-Key`: replay, 409 in flight, 422 on reuse; memory or Redis store |
+//! | [`preset`] | the recommended stack as one layer, `Shield::builder()`, and per-route risk classes (public, standard, sensitive) |
 //! | [`principal`] | who the caller is, as authenticating layers put it in the request |
 //! | [`clock`] | time, replaceable by a fake clock in tests |
 //! | [`body`] | capped body reading for layers that must see the whole body |
@@ -104,6 +105,10 @@ pub mod validate;
 
 #[cfg(feature = "idempotency")]
 pub mod idempotency;
+
+#[cfg(all(feature = "envelope", feature = "auth", feature = "rate-limit"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "envelope", feature = "auth", feature = "rate-limit"))))]
+pub mod preset;
 
 mod builder;
 

@@ -202,8 +202,16 @@ pub(crate) fn write_headers(
     let i = decision.quota_index();
     let reset = ceil_secs(decision.reset());
     if shared.headers {
-        headers.append(RATELIMIT_POLICY.clone(), limits.inner.policy[i].clone());
-        headers.append(RATELIMIT.clone(), ratelimit_value(limits, decision));
+        // Another limit layer (nested inside this one, e.g. a per-route limit under a per-IP
+        // one) already wrote its policy: both are listed, the inner one first (both headers are
+        // structured-field lists), so a client sees every limit it is under.
+        if headers.contains_key(&RATELIMIT) {
+            headers.append(RATELIMIT_POLICY.clone(), limits.inner.policy[i].clone());
+            headers.append(RATELIMIT.clone(), ratelimit_value(limits, decision));
+        } else {
+            headers.insert(RATELIMIT_POLICY.clone(), limits.inner.policy[i].clone());
+            headers.insert(RATELIMIT.clone(), ratelimit_value(limits, decision));
+        }
     }
     if shared.legacy_headers && !headers.contains_key(&X_LIMIT) {
         headers.insert(X_LIMIT.clone(), limits.inner.legacy_limit[i].clone());

@@ -20,7 +20,8 @@
 //!   `RateLimit-Policy: "<name>";q=<burst>;w=<seconds to refill the burst>` and
 //!   `RateLimit: "<name>";r=<remaining>;t=<seconds until the quota is whole>` for the most
 //!   restrictive quota: the one with the longest wait when rejected, else the one with the
-//!   fewest remaining units. [`RateLimitLayer::legacy_headers`] adds `X-RateLimit-*`;
+//!   fewest remaining units. Under nested limit layers (a per-route limit inside a per-IP one)
+//!   each layer adds its entry to both lists, innermost first. [`RateLimitLayer::legacy_headers`] adds `X-RateLimit-*`;
 //!   [`RateLimitLayer::no_headers`] turns them off. Policy values are built once per quota.
 //! * **Only-failures counting** ([`RateLimitLayer::count_only`]) and a programmatic
 //!   [`RateLimiter`] handle for brute-force protection keyed by what the handler learns

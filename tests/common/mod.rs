@@ -16,6 +16,8 @@ pub struct Example {
     pub base: String,
     /// Lines printed to stdout after the `listening on` line, as they arrive.
     pub stdout: mpsc::Receiver<String>,
+    /// Lines printed to stdout before the `listening on` line.
+    pub preamble: Vec<String>,
 }
 
 /// Path of an example binary built by `cargo test` (examples are built with the tests).
@@ -70,7 +72,7 @@ impl Example {
                 }
             }
         };
-        Self { child, base: format!("http://{addr}"), stdout: rx }
+        Self { child, base: format!("http://{addr}"), stdout: rx, preamble: before }
     }
 
     /// `base` + `path`.

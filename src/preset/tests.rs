@@ -1,0 +1,339 @@
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    num::NonZeroU32,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use tower::{service_fn, Layer, ServiceBuilder, ServiceExt};
+
+use super::*;
+use crate::{
+    auth::{AuthRequest, Authenticator, Verdict},
+    clock::FakeClock,
+    principal::{AuthMethod, Principal},
+    rate_limit::PeerAddr,
+    test_helpers::to_json,
+    Error, ErrorKind,
+};
+
+type Body = Full<Bytes>;
+
+fn nz(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).unwrap()
+}
+
+/// Accepts `Bearer user-<name>` as principal `<name>`, rejects every other bearer token, and
+/// counts how often it was asked.
+#[derive(Debug, Default)]
+struct Counting {
+    calls: Arc<AtomicUsize>,
+}
+
+impl Authenticator for Counting {
+    fn authenticate(&self, request: &AuthRequest<'_>) -> Verdict {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        match request.bearer() {
+            Some(token) => match token.strip_prefix("user-") {
+                Some(name) => Verdict::Authenticated(Principal::builder(name).build()),
+                None => Verdict::Rejected(
+                    Error::new(ErrorKind::InvalidToken).with_reason("test: not a user token"),
+                ),
+            },
+            None => Verdict::NotMine,
+        }
+    }
+
+    fn method(&self) -> AuthMethod {
+        AuthMethod::Custom("counting")
+    }
+}
+
+fn counting() -> (AuthLayer, Arc<AtomicUsize>) {
+    let auth = Counting::default();
+    let calls = Arc::clone(&auth.calls);
+    (AuthLayer::new(auth), calls)
+}
+
+fn request(path: &str, peer: [u8; 4], token: Option<&str>) -> Request<Body> {
+    let mut builder = Request::get(path);
+    if let Some(token) = token {
+        builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let mut request = builder.body(Body::default()).unwrap();
+    request.extensions_mut().insert(PeerAddr(SocketAddr::from((peer, 4711))));
+    request
+}
+
+/// 401 for paths ending in `/fail`, 200 otherwise.
+async fn handler(request: Request<Body>) -> Result<Response<Body>, Infallible> {
+    let mut response = Response::new(Body::from("ok"));
+    if request.uri().path().ends_with("/fail") {
+        *response.status_mut() = StatusCode::UNAUTHORIZED;
+    }
+    Ok(response)
+}
+
+fn builder(auth: AuthLayer) -> ShieldBuilder {
+    builder_with_clock(auth, &FakeClock::new())
+}
+
+fn builder_with_clock(auth: AuthLayer, clock: &FakeClock) -> ShieldBuilder {
+    Shield::builder().with_auth(auth).with_store(MemoryStore::new().with_clock(clock.clone()))
+}
+
+#[tokio::test]
+async fn invalid_token_flood_is_shed_per_ip_before_auth() {
+    let (auth, calls) = counting();
+    let shield = builder(auth).with_ip_quota(Quota::per_minute(nz(3))).build().unwrap();
+    let service = shield.layer(service_fn(handler));
+
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let response =
+            service.clone().oneshot(request("/orders", [203, 0, 113, 7], Some("forged"))).await;
+        statuses.push(response.unwrap().status());
+    }
+    let unauthorized = StatusCode::UNAUTHORIZED;
+    let too_many = StatusCode::TOO_MANY_REQUESTS;
+    assert_eq!(statuses[..3], [unauthorized; 3]);
+    assert_eq!(statuses[3..], [too_many; 7]);
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "the authenticator never saw the shed requests");
+
+    // Another address is not affected.
+    let response = service.oneshot(request("/orders", [198, 51, 100, 1], Some("forged"))).await;
+    assert_eq!(response.unwrap().status(), unauthorized);
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test]
+async fn rejections_are_rendered_by_the_envelope() {
+    let (auth, _) = counting();
+    let shield = builder(auth).with_ip_quota(Quota::per_minute(nz(1))).build().unwrap();
+    let service = shield.layer(service_fn(handler));
+
+    let response = service.clone().oneshot(request("/orders", [203, 0, 113, 7], None)).await;
+    let response = response.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(response.headers()[header::WWW_AUTHENTICATE], r#"Bearer realm="api""#);
+    let id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let body = to_json(response.into_body()).await;
+    assert_eq!(body["code"], "unauthenticated");
+    assert_eq!(body["request_id"], id.as_str());
+
+    let response = service.oneshot(request("/orders", [203, 0, 113, 7], None)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(response.headers().contains_key(header::RETRY_AFTER));
+    assert_eq!(response.headers()["ratelimit-policy"], r#""per-ip";q=1;w=60"#);
+    assert_eq!(to_json(response.into_body()).await["code"], "rate_limited");
+}
+
+#[test]
+fn no_auth_is_a_config_error_not_an_open_api() {
+    let error = Shield::builder().build().unwrap_err();
+    assert!(error.to_string().contains("with_auth"), "{error}");
+}
+
+#[test]
+fn bad_public_routes_and_shared_quota_names_are_config_errors() {
+    let (auth, _) = counting();
+    assert!(builder(auth.clone()).add_public(Method::GET, "/a/../b").build().is_err());
+    assert!(builder(auth.clone()).add_public(Method::GET, "health").build().is_err());
+    let same = Quota::per_minute(nz(5)).named("shared");
+    let error = builder(auth.clone())
+        .with_ip_quota(same.clone())
+        .with_principal_quota(same)
+        .build()
+        .unwrap_err();
+    assert!(error.to_string().contains("shared"), "{error}");
+    // Unnamed quotas get the layer's name.
+    let shield = builder(auth)
+        .with_ip_quota(Quota::per_minute(nz(5)))
+        .with_principal_quota(Quota::per_minute(nz(5)))
+        .build()
+        .unwrap();
+    assert!(format!("{:?}", shield.ip_limit()).contains("per-ip"));
+    assert!(format!("{:?}", shield.principal_limit()).contains("per-principal"));
+}
+
+#[tokio::test]
+async fn public_routes_need_no_credential_and_get_the_stricter_limit() {
+    let (auth, calls) = counting();
+    let shield = builder(auth)
+        .add_public(Method::GET, "/health")
+        .with_public_quota(Quota::per_minute(nz(2)))
+        .build()
+        .unwrap();
+    let service = ServiceBuilder::new().layer(shield.clone()).layer(shield.public());
+    let service = service.service_fn(handler);
+
+    for _ in 0..2 {
+        let response = service.clone().oneshot(request("/health", [203, 0, 113, 7], None)).await;
+        let response = response.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["ratelimit-policy"], r#""public";q=2;w=60"#);
+        // The shield's own per-IP limit is listed after the route's.
+        let policies: Vec<_> = response.headers().get_all("ratelimit-policy").iter().collect();
+        assert_eq!(policies, [r#""public";q=2;w=60"#, r#""per-ip";q=600;w=60"#]);
+        assert_eq!(response.headers().get_all("ratelimit").iter().count(), 2);
+    }
+    let response = service.clone().oneshot(request("/health", [203, 0, 113, 7], None)).await;
+    assert_eq!(response.unwrap().status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "public requests without credentials");
+
+    // Not a path trick: another path still needs a credential.
+    let response = service.oneshot(request("/health/../orders", [198, 51, 100, 1], None)).await;
+    assert_eq!(response.unwrap().status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn per_principal_quota_follows_the_caller_across_addresses() {
+    let (auth, _) = counting();
+    let clock = FakeClock::new();
+    let shield = builder_with_clock(auth, &clock)
+        .with_principal_quota(Quota::per_minute(nz(2)))
+        .build()
+        .unwrap();
+    let service = shield.layer(service_fn(handler));
+
+    for peer in [[203, 0, 113, 1], [203, 0, 113, 2]] {
+        let response = service.clone().oneshot(request("/orders", peer, Some("user-alice"))).await;
+        assert_eq!(response.unwrap().status(), StatusCode::OK);
+    }
+    let response =
+        service.clone().oneshot(request("/orders", [203, 0, 113, 3], Some("user-alice"))).await;
+    let response = response.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(response.headers()["ratelimit-policy"], r#""per-principal";q=2;w=60"#);
+
+    // Someone else from the same address is not affected, and alice recovers with time.
+    let response =
+        service.clone().oneshot(request("/orders", [203, 0, 113, 3], Some("user-bob"))).await;
+    assert_eq!(response.unwrap().status(), StatusCode::OK);
+    clock.advance(Duration::from_secs(30));
+    let response = service.oneshot(request("/orders", [203, 0, 113, 3], Some("user-alice"))).await;
+    assert_eq!(response.unwrap().status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn sensitive_routes_count_only_failures() {
+    let (auth, _) = counting();
+    let shield = builder(auth)
+        .add_public(Method::GET, "/login")
+        .add_public(Method::GET, "/fail")
+        .with_sensitive_quota(Quota::per_minute(nz(2)))
+        .build()
+        .unwrap();
+    let service = ServiceBuilder::new().layer(shield.clone()).layer(shield.sensitive());
+    let service = service.service_fn(handler);
+    let peer = [203, 0, 113, 7];
+
+    // Successes are never counted.
+    for _ in 0..5 {
+        let response = service.clone().oneshot(request("/login", peer, None)).await;
+        assert_eq!(response.unwrap().status(), StatusCode::OK);
+    }
+    // Two failures spend the budget; then even a correct attempt is refused without running.
+    for _ in 0..2 {
+        let response = service.clone().oneshot(request("/fail", peer, None)).await;
+        assert_eq!(response.unwrap().status(), StatusCode::UNAUTHORIZED);
+    }
+    let response = service.clone().oneshot(request("/login", peer, None)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(response.headers()["ratelimit-policy"], r#""sensitive";q=2;w=60"#);
+
+    // Authenticated callers (on a route that is not public: public routes attach no principal)
+    // are also limited per principal, wherever they come from.
+    for peer in [[198, 51, 100, 1], [198, 51, 100, 2]] {
+        let response = service.clone().oneshot(request("/pay/fail", peer, Some("user-eve"))).await;
+        assert_eq!(response.unwrap().status(), StatusCode::UNAUTHORIZED);
+    }
+    let response = service.oneshot(request("/pay", [198, 51, 100, 3], Some("user-eve"))).await;
+    let response = response.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(response.headers()["ratelimit-policy"], r#""sensitive-principal";q=2;w=60"#);
+}
+
+#[cfg(feature = "scope")]
+#[tokio::test]
+async fn sensitive_with_step_up_demands_a_strong_login() {
+    let (auth, _) = counting();
+    let shield = builder(auth).build().unwrap();
+    let service = ServiceBuilder::new()
+        .layer(shield.clone())
+        .layer(shield.sensitive_with_step_up(crate::scope::Requirement::acr(["mfa"])))
+        .service_fn(handler);
+
+    let response = service.oneshot(request("/payments", [203, 0, 113, 7], Some("user-alice")));
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let challenge = response.headers()[header::WWW_AUTHENTICATE].to_str().unwrap();
+    assert!(challenge.contains(r#"error="insufficient_user_authentication""#), "{challenge}");
+}
+
+#[cfg(feature = "scope")]
+#[tokio::test]
+async fn standard_routes_check_scopes() {
+    let (auth, _) = counting();
+    let shield = builder(auth).build().unwrap();
+    let service = ServiceBuilder::new()
+        .layer(shield.clone())
+        .layer(shield.standard(crate::scope::Requirement::scope("orders:read")))
+        .service_fn(handler);
+    let response = service.oneshot(request("/orders", [203, 0, 113, 7], Some("user-alice")));
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert_eq!(to_json(response.into_body()).await["code"], "forbidden");
+}
+
+/// The shield on an axum router, over a real socket with a real HTTP client.
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn axum_router_smoke_test() {
+    use axum::{routing::get, Router};
+
+    let (auth, _) = counting();
+    let shield = Shield::builder()
+        .with_auth(auth)
+        .add_public(Method::GET, "/health")
+        .with_ip_quota(Quota::per_minute(nz(5)))
+        .build()
+        .unwrap();
+    let app: Router = Router::new()
+        .route("/health", get(|| async { "ok" }).route_layer(shield.public()))
+        .route("/me", get(|p: Principal| async move { p.subject().to_owned() }))
+        .layer(shield);
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await
+    });
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = |path: &str| format!("http://{addr}{path}");
+
+    let response = client.get(url("/health")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers().contains_key("x-request-id"));
+    let response = client.get(url("/me")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let response = client.get(url("/me")).bearer_auth("user-alice").send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.text().await.unwrap(), "alice");
+    // The unknown route is not revealed to anonymous callers.
+    let response = client.get(url("/nope")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    // 5 per minute per IP, every route together.
+    let response = client.get(url("/me")).bearer_auth("user-alice").send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let response = client.get(url("/me")).bearer_auth("user-alice").send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    server.abort();
+}
