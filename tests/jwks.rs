@@ -577,3 +577,48 @@ async fn jwt_with_remote_keys_through_the_auth_layer() {
     let (status, _) = call(mint(P256_B, "unknown")).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
+
+/// A JWK set given inline: its keys verify tokens through `AuthLayer`, others do not.
+#[tokio::test]
+async fn inline_jwk_set_verifies_tokens() {
+    use tower::ServiceExt;
+    use tower_shield::{
+        auth::{jwt::Jwt, AuthLayer, KeySet},
+        principal::Principal,
+    };
+
+    let keys = KeySet::from_json(json!({ "keys": [key_a()] }).to_string()).unwrap();
+    let clock = FakeClock::new();
+    let jwt = Jwt::builder()
+        .jwk_set(&keys)
+        .issuer("https://idp.test")
+        .audience("orders-api")
+        .with_clock(clock.clone())
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/whoami", get(|p: Principal| async move { p.subject().to_owned() }))
+        .layer(AuthLayer::new(jwt));
+    let now = tower_shield::clock::Clock::now(&clock)
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let status_for = |pem: &'static [u8]| {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some("a".to_owned());
+        let claims = json!({
+            "sub": "alice", "iss": "https://idp.test", "aud": "orders-api", "exp": now + 60,
+        });
+        let token =
+            jsonwebtoken::encode(&header, &claims, &encoding_key(Algorithm::ES256, pem)).unwrap();
+        let request = axum::http::Request::get("/whoami")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let app = app.clone();
+        async move { app.oneshot(request).await.unwrap().status() }
+    };
+    assert_eq!(status_for(P256_A).await, StatusCode::OK);
+    // Same kid, another key: the signature does not verify.
+    assert_eq!(status_for(P256_B).await, StatusCode::UNAUTHORIZED);
+}

@@ -268,6 +268,27 @@ impl JwtBuilder {
         }
     }
 
+    /// Adds every key of a JWK set given inline (see [`KeySet`](super::KeySet) for which keys
+    /// are kept and how their algorithms are pinned).
+    ///
+    /// ```
+    /// use tower_shield::auth::{jwt::Jwt, KeySet};
+    ///
+    /// # fn main() -> Result<(), tower_shield::error::ConfigError> {
+    /// let keys = KeySet::from_json(r#"{"keys": [{
+    ///     "kty": "OKP", "crv": "Ed25519", "kid": "k1", "alg": "EdDSA",
+    ///     "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"
+    /// }]}"#)?;
+    /// let jwt = Jwt::builder().jwk_set(&keys).issuer("https://issuer.example").audience("api").build()?;
+    /// # let _ = jwt;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn jwk_set(mut self, keys: &super::KeySet) -> Self {
+        self.keys.extend(keys.iter().map(|key| VerifyingKey::clone(key)));
+        self
+    }
+
     /// Adds a public key from PEM for `algorithm` (RS*, PS*, ES256, ES384, EdDSA).
     pub fn public_key_pem(self, algorithm: Algorithm, pem: impl AsRef<[u8]>) -> Self {
         match VerifyingKey::from_pem(algorithm, pem.as_ref()) {
