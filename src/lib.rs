@@ -116,4 +116,5 @@ pub use self::builder::ServiceBuilderExt;
 pub use self::error::{BoxError, Error, ErrorKind};
 
 #[cfg(test)]
+#[allow(dead_code, unused_imports)] // which helpers a feature set's tests use varies
 mod test_helpers;
