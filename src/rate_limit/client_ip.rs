@@ -17,8 +17,27 @@ use crate::error::ConfigError;
 /// request's extensions (hyper's `service_fn` closure knows the peer of its connection).
 ///
 /// With feature `axum`, axum's `ConnectInfo<SocketAddr>` (from
-/// `into_make_service_with_connect_info::<SocketAddr>()`) is read as well; `PeerAddr` wins
-/// when both are present.
+/// `into_make_service_with_connect_info::<SocketAddr>()`) is read as well, and with feature
+/// `tonic-server`, the `TcpConnectInfo` that tonic's transport server puts in every request;
+/// `PeerAddr` wins when one of those is present too.
+///
+/// tonic over TLS records `TlsConnectInfo<TcpConnectInfo>` instead, which is not read: insert
+/// the peer yourself, in a layer outside the rate limit (this needs one of tonic's TLS
+/// features):
+///
+/// ```ignore
+/// use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+/// use tower::util::MapRequestLayer;
+/// use tower_shield::rate_limit::PeerAddr;
+///
+/// let peer = MapRequestLayer::new(|mut request: http::Request<tonic::body::Body>| {
+///     let tls = request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>();
+///     if let Some(addr) = tls.and_then(|info| info.get_ref().remote_addr()) {
+///         request.extensions_mut().insert(PeerAddr(addr));
+///     }
+///     request
+/// });
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PeerAddr(pub SocketAddr);
 
@@ -46,8 +65,9 @@ pub enum ForwardedHeader {
 /// Keys requests by client IP address: the TCP peer, or, when the peer is a trusted proxy, the
 /// address it forwarded.
 ///
-/// * The peer comes from [`PeerAddr`] or (feature `axum`) axum's `ConnectInfo<SocketAddr>` in
-///   the request extensions. Without either the key is missing.
+/// * The peer comes from [`PeerAddr`], (feature `axum`) axum's `ConnectInfo<SocketAddr>` or
+///   (feature `tonic-server`) tonic's `TcpConnectInfo` in the request extensions. Without any
+///   of them the key is missing.
 /// * Forwarding headers are read only when the peer is inside a trusted CIDR. The chain is
 ///   walked from the right past trusted hops; the first untrusted address is the client. A
 ///   malformed or unreadable entry (or more than 64 hops) makes the peer the client. When every
@@ -180,7 +200,8 @@ impl ClientIp {
         &self.trusted
     }
 
-    /// The peer address of the connection, from [`PeerAddr`] or axum's `ConnectInfo`.
+    /// The peer address of the connection, from [`PeerAddr`], axum's `ConnectInfo` (feature
+    /// `axum`) or tonic's `TcpConnectInfo` (feature `tonic-server`), in that order.
     pub fn peer(parts: &Parts) -> Option<IpAddr> {
         if let Some(PeerAddr(addr)) = parts.extensions.get::<PeerAddr>() {
             return Some(addr.ip());
@@ -188,6 +209,14 @@ impl ClientIp {
         #[cfg(feature = "axum")]
         if let Some(info) = parts.extensions.get::<axum::extract::ConnectInfo<SocketAddr>>() {
             return Some(info.0.ip());
+        }
+        #[cfg(feature = "tonic-server")]
+        if let Some(addr) = parts
+            .extensions
+            .get::<tonic::transport::server::TcpConnectInfo>()
+            .and_then(tonic::transport::server::TcpConnectInfo::remote_addr)
+        {
+            return Some(addr.ip());
         }
         None
     }
@@ -200,7 +229,8 @@ impl ClientIp {
                 tracing::warn!(
                     target: "tower_shield::rate_limit",
                     "no peer address in the request: serve axum with \
-                     `into_make_service_with_connect_info::<SocketAddr>()` or insert `PeerAddr`"
+                     `into_make_service_with_connect_info::<SocketAddr>()`, enable feature \
+                     `tonic-server` under tonic's transport server, or insert `PeerAddr`"
                 );
             }
             return None;
@@ -323,5 +353,63 @@ impl KeyExtractor for ClientIp {
 
     fn client_ip(&self) -> Option<&ClientIp> {
         Some(self)
+    }
+}
+
+/// The tonic transport server's peer (feature `tonic-server`).
+#[cfg(all(test, feature = "tonic-server"))]
+mod tests {
+    use tonic::transport::server::TcpConnectInfo;
+
+    use super::*;
+
+    fn parts(extensions: impl FnOnce(&mut http::Extensions)) -> Parts {
+        let mut request = http::Request::new(());
+        extensions(request.extensions_mut());
+        request.into_parts().0
+    }
+
+    #[test]
+    fn reads_tonic_tcp_connect_info() {
+        let tonic_peer = SocketAddr::from(([198, 51, 100, 9], 50123));
+        let info = move |remote_addr| TcpConnectInfo {
+            local_addr: Some(SocketAddr::from(([127, 0, 0, 1], 50051))),
+            remote_addr,
+        };
+        let with_info = parts(|e| {
+            e.insert(info(Some(tonic_peer)));
+        });
+        assert_eq!(ClientIp::peer(&with_info), Some(tonic_peer.ip()));
+        let key = ClientIp::new().extract(&with_info).expect("a key from the tonic peer");
+        assert_eq!(key, ClientIp::new().key_for(tonic_peer.ip()));
+
+        // An explicit PeerAddr wins; a connection without a remote address gives no key.
+        let explicit = SocketAddr::from(([203, 0, 113, 7], 4711));
+        let both = parts(|e| {
+            e.insert(info(Some(tonic_peer)));
+            e.insert(PeerAddr(explicit));
+        });
+        assert_eq!(ClientIp::peer(&both), Some(explicit.ip()));
+        let no_remote = parts(|e| {
+            e.insert(info(None));
+        });
+        assert_eq!(ClientIp::peer(&no_remote), None);
+        assert_eq!(ClientIp::new().extract(&no_remote), None);
+    }
+
+    #[test]
+    fn tonic_peer_is_a_proxy_like_any_other() {
+        let proxy = SocketAddr::from(([10, 0, 0, 2], 40000));
+        let mut request = http::Request::builder()
+            .header("x-forwarded-for", "192.0.2.44, 10.0.0.3")
+            .body(())
+            .unwrap();
+        request
+            .extensions_mut()
+            .insert(TcpConnectInfo { local_addr: None, remote_addr: Some(proxy) });
+        let (parts, ()) = request.into_parts();
+        let ip = ClientIp::new().trusted_proxies_from_str("10.0.0.0/8").unwrap();
+        assert_eq!(ip.resolve(&parts), Some(IpAddr::from([192, 0, 2, 44])));
+        assert_eq!(ClientIp::new().resolve(&parts), Some(proxy.ip()), "untrusted: the peer");
     }
 }
