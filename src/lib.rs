@@ -69,6 +69,7 @@
 //! | `introspection` | `auth::Introspection`: RFC 7662 opaque token introspection, cached | no |
 //! | `axum` | `IntoResponse` for [`Error`], extractors for `Principal` and `RequestId` | no |
 //! | `tonic` | `From<Error> for tonic::Status` | no |
+//! | `tonic-server` | `tonic` and tonic's transport server: `rate_limit::ClientIp` reads the peer from its `TcpConnectInfo` | no |
 //! | `full` | every feature above | no |
 //!
 //! [tower]: https://docs.rs/tower

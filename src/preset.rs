@@ -60,9 +60,10 @@
 //! # Client addresses
 //!
 //! The per-IP limit needs the peer address: serve axum with
-//! `into_make_service_with_connect_info::<SocketAddr>()`, or insert a
-//! [`PeerAddr`](crate::rate_limit::PeerAddr) into each request (plain hyper, tonic). Without it
-//! the answer is a 500 (a wiring mistake is loud, never an unlimited API).
+//! `into_make_service_with_connect_info::<SocketAddr>()`, serve tonic with its transport server
+//! and feature `tonic-server` (its `TcpConnectInfo` is read), or insert a
+//! [`PeerAddr`](crate::rate_limit::PeerAddr) into each request (plain hyper, tonic over TLS).
+//! Without it the answer is a 500 (a wiring mistake is loud, never an unlimited API).
 //!
 //! # Unknown routes
 //!
@@ -148,9 +149,43 @@
 //! # fn main() {}
 //! ```
 //!
-//! With tonic: `Server::builder().layer(shield).add_service(..)`, with a
-//! [`PeerAddr`](crate::rate_limit::PeerAddr) inserted per request (tonic records the peer as
-//! its own `TcpConnectInfo`).
+//! With tonic, the shield goes around the whole server and a scope per gRPC method inside it
+//! (`examples/grpc` is a complete service):
+//!
+//! ```no_run
+//! # #[cfg(all(feature = "tonic-server", feature = "scope"))]
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use tower_shield::{
+//!     auth::{jwt::Jwt, AuthLayer},
+//!     preset::Shield,
+//!     scope::{MethodRequirements, Requirement, ScopeLayer},
+//! };
+//!
+//! let jwt = Jwt::builder()
+//!     .hs256_secret(b"an example secret of at least 32 bytes!!")
+//!     .issuer("https://issuer.example")
+//!     .audience("health-api")
+//!     .build()?;
+//! let shield = Shield::builder().with_auth(AuthLayer::new(jwt)).build()?;
+//! // Methods not listed are denied (PERMISSION_DENIED).
+//! let scopes = ScopeLayer::per_method(
+//!     MethodRequirements::new()
+//!         .method("/grpc.health.v1.Health/Check", Requirement::scope("health:read"))?,
+//! );
+//! let (_, health) = tonic_health::server::health_reporter();
+//!
+//! tonic::transport::Server::builder()
+//!     .layer(shield) // feature `tonic-server`: the per-IP limit reads tonic's TcpConnectInfo
+//!     .layer(scopes)
+//!     .add_service(health)
+//!     .serve("127.0.0.1:50051".parse()?)
+//!     .await?;
+//! # Ok(())
+//! # }
+//! # #[cfg(not(all(feature = "tonic-server", feature = "scope")))]
+//! # fn main() {}
+//! ```
 
 use std::{fmt, num::NonZeroU32};
 

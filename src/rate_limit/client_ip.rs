@@ -22,22 +22,8 @@ use crate::error::ConfigError;
 /// `PeerAddr` wins when one of those is present too.
 ///
 /// tonic over TLS records `TlsConnectInfo<TcpConnectInfo>` instead, which is not read: insert
-/// the peer yourself, in a layer outside the rate limit (this needs one of tonic's TLS
-/// features):
-///
-/// ```ignore
-/// use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
-/// use tower::util::MapRequestLayer;
-/// use tower_shield::rate_limit::PeerAddr;
-///
-/// let peer = MapRequestLayer::new(|mut request: http::Request<tonic::body::Body>| {
-///     let tls = request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>();
-///     if let Some(addr) = tls.and_then(|info| info.get_ref().remote_addr()) {
-///         request.extensions_mut().insert(PeerAddr(addr));
-///     }
-///     request
-/// });
-/// ```
+/// a `PeerAddr` holding its `get_ref().remote_addr()` in a layer outside the rate limit (a
+/// `tower::util::MapRequestLayer`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PeerAddr(pub SocketAddr);
 
