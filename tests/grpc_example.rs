@@ -133,6 +133,14 @@ async fn rejections_are_stable_grpc_statuses_and_writes_succeed() {
     let status = client.create_order(request(order("book", 0), Some(&writer))).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert_eq!(status.message(), "quantity must be 1 to 1000");
+    let long = "x".repeat(81);
+    let status = client.create_order(request(order(&long, 1), Some(&writer))).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(status.message(), "item must be 1 to 80 characters");
+    // A message over 16 KiB is refused by the codec before it is decoded.
+    let huge = "x".repeat(20 * 1024);
+    let status = client.create_order(request(order(&huge, 1), Some(&writer))).await.unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
 
     // Success: the owner is the token's subject, and orders stay with their owner.
     let created =
@@ -177,8 +185,9 @@ async fn a_burst_from_one_address_is_resource_exhausted_before_auth() {
 #[tokio::test]
 async fn the_per_caller_limit_follows_the_token_across_addresses() {
     let app = spawn("3");
-    // Two client addresses: the per-IP limit is per connection's peer, read from tonic's
-    // `TcpConnectInfo` without the application inserting anything.
+    // Two client addresses (Linux routes all of 127.0.0.0/8 to the loopback): the per-IP
+    // limit is per connection's peer, read from tonic's `TcpConnectInfo` without the
+    // application inserting anything.
     let mut first = client_from(&app, Some(IpAddr::from([127, 0, 0, 1]))).await;
     let mut second = client_from(&app, Some(IpAddr::from([127, 0, 0, 2]))).await;
     let alice = token("alice", "orders:read");
