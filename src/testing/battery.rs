@@ -290,9 +290,9 @@ where
 {
     fn valid_token(&self) -> Credential {
         match &self.battery.issuer {
-            Some(issuer) => Credential::Token(
-                issuer.token().scopes(self.battery.scopes.iter().cloned()).sign(),
-            ),
+            Some(issuer) => {
+                Credential::Token(issuer.token().scopes(self.battery.scopes.iter().cloned()).sign())
+            }
             None => Credential::None,
         }
     }
@@ -491,8 +491,12 @@ where
                 }
 
                 let payload = Payload { bytes: text.into(), content_type: Some("text/plain") };
-                self.expect_status("wrong_content_type", payload, StatusCode::UNSUPPORTED_MEDIA_TYPE)
-                    .await;
+                self.expect_status(
+                    "wrong_content_type",
+                    payload,
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                )
+                .await;
             }
         }
         match self.battery.max_body {

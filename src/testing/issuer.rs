@@ -256,7 +256,8 @@ struct Keys {
 
 impl Keys {
     fn new(current: SigningKey) -> Self {
-        let mut keys = Self { current: Arc::new(current), previous: Vec::new(), snapshot: [].into() };
+        let mut keys =
+            Self { current: Arc::new(current), previous: Vec::new(), snapshot: [].into() };
         keys.refresh_snapshot();
         keys
     }
