@@ -63,8 +63,8 @@ pub struct Battery<S, B = Buffered> {
 }
 
 impl<S> Battery<S> {
-    /// A battery for `service`, sending `Request<Buffered>` (an axum `Router` accepts any
-    /// body; see [`with_body_type`](Self::with_body_type) for a service that needs another).
+    /// A battery for `service`, sending `Request<`[`Buffered`]`>` (an axum `Router` accepts
+    /// any body; see [`with_body_type`](Self::with_body_type) for a service that needs another).
     pub fn new(service: S) -> Self {
         Self {
             service,

@@ -455,6 +455,26 @@ impl TestIssuer {
     /// With [`Rotation::KeepPrevious`] the old key stays published until
     /// [`retire_previous`](Self::retire_previous); with [`Rotation::DropPrevious`] its tokens
     /// fail at once.
+    ///
+    /// A [`Jwt`] keeps accepting a token it has already verified while the token sits in its
+    /// verified-token cache (as in production); build it with
+    /// [`no_cache`](JwtBuilder::no_cache) to see a retired key's tokens fail at once. A
+    /// [`RemoteJwks`](crate::auth::RemoteJwks) learns a new `kid` on its next refetch (at most
+    /// once per refetch cooldown, measured on its clock).
+    ///
+    /// ```
+    /// use tower_shield::{auth::Verdict, testing::{Rotation, TestIssuer}};
+    ///
+    /// let issuer = TestIssuer::ed25519();
+    /// let jwt = issuer.jwt().no_cache().build().unwrap();
+    /// let old = issuer.token().sign();
+    ///
+    /// assert_eq!(issuer.rotate(Rotation::KeepPrevious).as_deref(), Some("test-key-2"));
+    /// assert!(matches!(jwt.verify(&old), Verdict::Authenticated(_)));
+    /// issuer.retire_previous();
+    /// assert!(matches!(jwt.verify(&old), Verdict::Rejected(_)));
+    /// assert!(matches!(jwt.verify(&issuer.token().sign()), Verdict::Authenticated(_)));
+    /// ```
     pub fn rotate(&self, rotation: Rotation) -> Option<String> {
         let kid = self.next_kid();
         let key = SigningKey::generate(self.inner.kind, kid.clone());

@@ -105,7 +105,11 @@ impl JwksServer {
             // Dropping the set (when the accept loop is aborted) aborts every connection.
             let mut connections = JoinSet::new();
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    // Out of file descriptors or the like: wait instead of spinning.
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                };
                 let service = service.clone();
                 connections.spawn(async move {
                     let handler = hyper::service::service_fn(move |request| {
