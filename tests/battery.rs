@@ -222,11 +222,17 @@ async fn the_battery_fails_a_service_that_errors_and_a_missing_rate_limit() {
     let ok = service_fn(|_request: Request<Buffered>| async {
         Ok::<_, Infallible>(Response::new(Buffered::new(Bytes::from_static(b"ok"))))
     });
-    let report = Battery::new(ok).route(Method::GET, "/").burst(3).run().await;
+    let report = Battery::new(ok.clone()).route(Method::GET, "/").burst(3).run().await;
     let failures: Vec<&str> = report.failures().map(|c| c.name()).collect();
     assert_eq!(failures, ["rate_limit"], "{report}");
     assert_eq!(
         report.check("rate_limit").unwrap().reason(),
         "no 429 after 4 valid requests (burst 3, plus the earlier checks)"
     );
+
+    // A skipped check sends nothing and cannot fail.
+    let report = Battery::new(ok).route(Method::GET, "/").burst(3).skip("rate_limit").run().await;
+    report.assert_passed();
+    assert_eq!(report.check("rate_limit").unwrap().reason(), "skipped with Battery::skip");
+    assert_eq!(report.check("no_server_error").unwrap().reason(), "1 responses, none 5xx");
 }

@@ -173,8 +173,9 @@ impl<S, B> Battery<S, B> {
         self
     }
 
-    /// Skips the check named `check` (reported as skipped), for a route that deliberately
-    /// differs, e.g. `unknown_field` for an API that ignores unknown fields.
+    /// Skips the check named `check`: its requests are not sent and it is reported as skipped.
+    /// For a route that deliberately differs, e.g. `unknown_field` for an API that ignores
+    /// unknown fields.
     pub fn skip(mut self, check: impl Into<String>) -> Self {
         self.skip.insert(check.into());
         self
@@ -328,6 +329,10 @@ where
         credential: Credential,
         payload: Payload,
     ) -> Result<&Answer, String> {
+        if self.skipped(check) {
+            // Not sent at all; `record` reports the check as skipped.
+            return Err("skipped".into());
+        }
         let mut request = Request::builder().method(self.method.clone()).uri(self.path.as_str());
         let headers = request.headers_mut().expect("a fresh request builder");
         headers.extend(self.battery.headers.clone());
@@ -550,9 +555,6 @@ where
             let why = "no burst given (Battery::burst)";
             return self.record("rate_limit", Outcome::Skipped(why.into()));
         };
-        if self.skipped("rate_limit") {
-            return self.record("rate_limit", Outcome::Skipped(String::new()));
-        }
         let attempts = burst.saturating_add(1);
         let mut outcome = Outcome::Failed(format!(
             "no 429 after {attempts} valid requests (burst {burst}, plus the earlier checks)"
