@@ -222,7 +222,7 @@ async fn the_battery_fails_a_service_that_errors_and_a_missing_rate_limit() {
     let ok = service_fn(|_request: Request<Buffered>| async {
         Ok::<_, Infallible>(Response::new(Buffered::new(Bytes::from_static(b"ok"))))
     });
-    let report = Battery::new(ok.clone()).route(Method::GET, "/").burst(3).run().await;
+    let report = Battery::new(ok).route(Method::GET, "/").burst(3).run().await;
     let failures: Vec<&str> = report.failures().map(|c| c.name()).collect();
     assert_eq!(failures, ["rate_limit"], "{report}");
     assert_eq!(
