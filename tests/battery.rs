@@ -234,5 +234,5 @@ async fn the_battery_fails_a_service_that_errors_and_a_missing_rate_limit() {
     let report = Battery::new(ok).route(Method::GET, "/").burst(3).skip("rate_limit").run().await;
     report.assert_passed();
     assert_eq!(report.check("rate_limit").unwrap().reason(), "skipped with Battery::skip");
-    assert_eq!(report.check("no_server_error").unwrap().reason(), "1 responses, none 5xx");
+    assert_eq!(report.check("no_server_error").unwrap().reason(), "1 response, none 5xx");
 }

@@ -612,7 +612,9 @@ where
         let outcome = match (failure, errors) {
             (Some(failure), _) => Outcome::Failed(failure),
             (None, 0) => Outcome::Skipped("no error response to inspect".into()),
-            (None, n) => Outcome::Passed(format!("{n} error responses, each with its request id")),
+            (None, n) => {
+                Outcome::Passed(format!("{}, each with its request id", responses(n, "error ")))
+            }
         };
         self.record("error_envelope", outcome);
     }
@@ -627,7 +629,7 @@ where
         });
         let outcome = match failure {
             Some(failure) => Outcome::Failed(failure),
-            None => Outcome::Passed(format!("{} responses, none 5xx", self.seen.len())),
+            None => Outcome::Passed(format!("{}, none 5xx", responses(self.seen.len(), ""))),
         };
         self.record("no_server_error", outcome);
     }
@@ -676,6 +678,11 @@ where
         .await
         .map_err(|e| format!("reading the response body failed: {e}"))?;
     Ok(Answer { status: parts.status, headers: parts.headers, body })
+}
+
+/// `1 error response`, `2 error responses`.
+fn responses(n: usize, kind: &str) -> String {
+    format!("{n} {kind}response{}", if n == 1 { "" } else { "s" })
 }
 
 fn unique() -> String {
