@@ -46,6 +46,12 @@ impl Buffered {
     }
 }
 
+impl From<Bytes> for Buffered {
+    fn from(data: Bytes) -> Self {
+        Self::new(data)
+    }
+}
+
 impl Body for Buffered {
     type Data = Bytes;
     type Error = Infallible;

@@ -17,6 +17,7 @@
 //! | [`body`] | capped body reading for layers that must see the whole body |
 //! | [`telemetry`] | the security event target, log-injection escaping, secret fingerprints; the abuse penalty box (`PenaltyBoxLayer`) |
 //! | [`error`] | the shared error type, its stable codes and protocol headers |
+//! | [`testing`] | helpers for your own security tests: a test token issuer and JWKS server, principals, a fake clock, the negative-test `Battery` |
 //!
 //! Every layer rejects with a *response*, never an `Err`: the status, the protocol headers
 //! (`WWW-Authenticate`, `Retry-After`) and the [`Error`] in the response extensions. The
@@ -70,6 +71,7 @@
 //! | `axum` | `IntoResponse` for [`Error`], extractors for `Principal` and `RequestId` | no |
 //! | `tonic` | `From<Error> for tonic::Status` | no |
 //! | `tonic-server` | `tonic` and tonic's transport server: `rate_limit::ClientIp` reads the peer from its `TcpConnectInfo` | no |
+//! | `testing` | [`testing`]: test issuer (HMAC, RSA, EC, Ed25519 keys; JWKS served in-process or on 127.0.0.1), principals, the negative-test `Battery` | no |
 //! | `full` | every feature above | no |
 //!
 //! [tower]: https://docs.rs/tower
@@ -110,6 +112,10 @@ pub mod idempotency;
 #[cfg(all(feature = "envelope", feature = "auth", feature = "rate-limit"))]
 #[cfg_attr(docsrs, doc(cfg(all(feature = "envelope", feature = "auth", feature = "rate-limit"))))]
 pub mod preset;
+
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
 
 mod builder;
 
