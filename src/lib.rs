@@ -111,6 +111,9 @@ pub mod idempotency;
 pub mod preset;
 
 mod builder;
+// Which helpers are used depends on the layers enabled.
+#[allow(dead_code)]
+mod observe;
 
 pub use self::builder::ServiceBuilderExt;
 pub use self::error::{BoxError, Error, ErrorKind};
