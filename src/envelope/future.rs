@@ -167,6 +167,8 @@ where
             if let Some(elapsed) = elapsed {
                 this.span.record("latency_ms", elapsed.as_secs_f64() * 1000.0);
             }
+            // One line with every field, for formatters that print spans only with events.
+            tracing::debug!(target: "tower_shield::envelope", "request completed");
         }
         #[cfg(feature = "metrics")]
         if let Some(elapsed) = elapsed {

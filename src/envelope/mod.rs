@@ -49,6 +49,11 @@
 //! | `status` | envelope | the HTTP status sent (gRPC: 200, see `error.code`); 500 after a panic |
 //! | `latency_ms` | envelope | milliseconds (fractional) from the request to its response head |
 //!
+//! When the response head is ready, the envelope emits a `request completed` event at `DEBUG`
+//! (target `tower_shield::envelope`) inside the span: with `tower_shield::envelope=debug`, a
+//! JSON log gets one line per request with every field above (or use `tracing-subscriber`'s
+//! `with_span_events(FmtSpan::CLOSE)`).
+//!
 //! Nothing here holds a credential; values from the client are recorded as strings, which
 //! formatters quote and escape. When no subscriber records the span, the envelope adds no
 //! handle and the layers skip all of it.

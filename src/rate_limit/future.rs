@@ -107,7 +107,12 @@ where
                         Err(error) => {
                             let policy = ctx.limits.quotas().first().map_or("", |q| q.name());
                             let extensions = request.extensions();
-                            crate::observe::rate_limit(extensions, policy, &ctx.shared.kind, "error");
+                            crate::observe::rate_limit(
+                                extensions,
+                                policy,
+                                &ctx.shared.kind,
+                                "error",
+                            );
                             Some(error.to_response())
                         }
                         Ok(decision) if !decision.is_allowed() => {
