@@ -69,7 +69,7 @@
 //! | `introspection` | `auth::Introspection`: RFC 7662 opaque token introspection, cached | no |
 //! | `axum` | `IntoResponse` for [`Error`], extractors for `Principal` and `RequestId` | no |
 //! | `tonic` | `From<Error> for tonic::Status` | no |
-//! | `metrics` | counters and a per-route latency histogram through the `metrics` facade ([`telemetry::metrics`](telemetry::metrics)) | no |
+//! | `metrics` | counters and a per-route latency histogram through the `metrics` facade ([`telemetry::metrics`]) | no |
 //! | `full` | every feature above | no |
 //!
 //! [tower]: https://docs.rs/tower
