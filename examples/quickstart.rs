@@ -18,6 +18,7 @@
 //! | `TRUSTED_PROXIES` | none | comma-separated CIDRs whose `X-Forwarded-For` is believed |
 //! | `DEMO_PASSWORD` | `demo-password-change-me` | password of the `demo` account |
 //! | `RATE_LIMIT_PER_MINUTE` | `600` | per client IP before auth, per principal after |
+//! | `LOG_FORMAT` | text | `json` for one JSON object per log line (`RUST_LOG` filters) |
 
 use std::{
     collections::HashMap,
@@ -341,12 +342,14 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,tower_shield=info".into()),
-        )
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,tower_shield=info".into());
+    // `LOG_FORMAT=json`: one JSON object per line, with the request span's fields.
+    if std::env::var("LOG_FORMAT").is_ok_and(|format| format == "json") {
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
 
     let settings = match Settings::from_env() {
         Ok(settings) => settings,

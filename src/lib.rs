@@ -72,6 +72,7 @@
 //! | `tonic` | `From<Error> for tonic::Status` | no |
 //! | `tonic-server` | `tonic` and tonic's transport server: `rate_limit::ClientIp` reads the peer from its `TcpConnectInfo` | no |
 //! | `testing` | [`testing`]: test issuer (HMAC, RSA, EC, Ed25519 keys; JWKS served in-process or on 127.0.0.1), principals, the negative-test `Battery` | no |
+//! | `metrics` | counters and a per-route latency histogram through the `metrics` facade ([`telemetry::metrics`]) | no |
 //! | `full` | every feature above | no |
 //!
 //! [tower]: https://docs.rs/tower
@@ -118,6 +119,9 @@ pub mod preset;
 pub mod testing;
 
 mod builder;
+// Which helpers are used depends on the layers enabled.
+#[allow(dead_code)]
+mod observe;
 
 pub use self::builder::ServiceBuilderExt;
 pub use self::error::{BoxError, Error, ErrorKind};

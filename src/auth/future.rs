@@ -91,14 +91,14 @@ where
                         pending.take().expect("ResponseFuture polled after completion");
                     match outcome {
                         Ok(principal) => {
-                            log_success(&principal, method);
+                            log_success(&principal, method, request.extensions());
                             request.extensions_mut().insert(principal);
                             let future = inner.call(request);
                             this.state.set(State::Inner { future });
                         }
                         Err(error) => {
                             let error = finish_rejection(&config, error);
-                            log_failure(&error, Some(method));
+                            log_failure(&error, Some(method), request.extensions());
                             this.state.set(State::Rejected { response: None });
                             return Poll::Ready(Ok(error.to_response()));
                         }

@@ -435,6 +435,7 @@ impl Inner {
 
     async fn resolve_uncached(&self, digest: [u8; 32], token: &str) -> Outcome {
         let answer = self.call(token).await.inspect_err(|error| {
+            crate::observe::backend_failure("introspection");
             tracing::warn!(
                 target: "tower_shield::security",
                 event = "backend.failure",

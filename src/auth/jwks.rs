@@ -533,6 +533,7 @@ impl Inner {
                 Ok(())
             }
             Err(reason) => {
+                crate::observe::backend_failure("jwks");
                 tracing::warn!(
                     target: "tower_shield::security",
                     event = "backend.failure",

@@ -145,6 +145,7 @@ impl MemoryRevocation {
             state.jtis.retain(|_, exp| *exp > now);
             state.subjects.retain(|_, (_, exp)| *exp > now);
             if state.jtis.len() + state.subjects.len() >= self.inner.capacity {
+                crate::observe::backend_failure("memory_revocation");
                 tracing::warn!(
                     target: "tower_shield::security",
                     event = "backend.failure",
@@ -385,6 +386,7 @@ return 1
 
     fn unavailable(error: impl Into<crate::BoxError>) -> Error {
         let error = error.into();
+        crate::observe::backend_failure("redis_revocation");
         tracing::warn!(
             target: "tower_shield::security",
             event = "backend.failure",

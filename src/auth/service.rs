@@ -4,7 +4,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use http::{header, Request, Response};
+use http::{header, Extensions, Request, Response};
 use tower_service::Service;
 
 use super::{
@@ -53,6 +53,7 @@ where
         mark_sensitive(config, &mut request);
 
         if config.public.contains(request.method(), request.uri().path()) {
+            crate::observe::record(request.extensions(), "auth.outcome", "public");
             return ResponseFuture::inner(self.inner.call(request));
         }
 
@@ -61,7 +62,7 @@ where
                 let error = Error::new(ErrorKind::InvalidRequest)
                     .with_reason(reason)
                     .with_challenge(config.challenge().with_error("invalid_request"));
-                log_failure(&error, None);
+                log_failure(&error, None, request.extensions());
                 return ResponseFuture::rejected(error.to_response());
             }
             Ok(auth_request) => decide(config, &auth_request),
@@ -69,14 +70,17 @@ where
 
         match verdict {
             Decision::Authenticated(principal, method) => {
-                log_success(&principal, method);
+                log_success(&principal, method, request.extensions());
                 request.extensions_mut().insert(principal);
                 ResponseFuture::inner(self.inner.call(request))
             }
-            Decision::Anonymous => ResponseFuture::inner(self.inner.call(request)),
+            Decision::Anonymous => {
+                crate::observe::auth(request.extensions(), "none", "anonymous");
+                ResponseFuture::inner(self.inner.call(request))
+            }
             Decision::Rejected(error, method) => {
                 let error = finish_rejection(config, error);
-                log_failure(&error, method);
+                log_failure(&error, method, request.extensions());
                 ResponseFuture::rejected(error.to_response())
             }
             Decision::Pending(future, method) => {
@@ -152,7 +156,9 @@ fn mark_sensitive<B>(config: &Config, request: &mut Request<B>) {
     }
 }
 
-pub(crate) fn log_success(principal: &Principal, method: AuthMethod) {
+pub(crate) fn log_success(principal: &Principal, method: AuthMethod, extensions: &Extensions) {
+    crate::observe::auth(extensions, method.as_str(), "success");
+    crate::observe::principal(extensions, principal);
     tracing::debug!(
         target: "tower_shield::security",
         event = "auth.success",
@@ -162,12 +168,14 @@ pub(crate) fn log_success(principal: &Principal, method: AuthMethod) {
     );
 }
 
-pub(crate) fn log_failure(error: &Error, method: Option<AuthMethod>) {
+pub(crate) fn log_failure(error: &Error, method: Option<AuthMethod>, extensions: &Extensions) {
+    let method = method.map_or("none", |m| m.as_str());
+    crate::observe::auth(extensions, method, crate::observe::auth_failure_outcome(error));
     tracing::info!(
         target: "tower_shield::security",
         event = "auth.failure",
         code = error.code(),
         reason = error.reason().unwrap_or(""),
-        auth_method = method.map_or("none", |m| m.as_str()),
+        auth_method = method,
     );
 }

@@ -4,6 +4,7 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{ready, Context, Poll},
+    time::Instant,
 };
 
 use bytes::Bytes;
@@ -43,6 +44,62 @@ pub(crate) struct Ctx<M, R> {
     pub(crate) grpc: bool,
     pub(crate) format: Format,
     pub(crate) uri: Uri,
+    #[cfg(feature = "metrics")]
+    pub(crate) method: http::Method,
+    #[cfg(feature = "metrics")]
+    pub(crate) route: Route,
+    /// When the request came in, if the span or the metrics need the latency.
+    pub(crate) started: Option<Instant>,
+}
+
+/// The route of a request, for the span and the latency histogram: never a raw HTTP path,
+/// which may hold ids (unbounded label values, personal data).
+pub(crate) enum Route {
+    /// axum's matched route template, e.g. `/orders/{id}`.
+    #[cfg(feature = "axum")]
+    Matched(axum::extract::MatchedPath),
+    /// A gRPC request: its path is the method name, `/package.Service/Method`.
+    Grpc,
+    /// Not known here (no router match, or the envelope sits outside the router).
+    Unmatched,
+}
+
+impl Route {
+    pub(crate) fn of<B>(request: &http::Request<B>, grpc: bool) -> Self {
+        #[cfg(feature = "axum")]
+        if let Some(matched) = request.extensions().get::<axum::extract::MatchedPath>() {
+            return Self::Matched(matched.clone());
+        }
+        let _ = request;
+        if grpc {
+            Self::Grpc
+        } else {
+            Self::Unmatched
+        }
+    }
+
+    /// The `route` span field, if known.
+    pub(crate) fn span_value<'a>(&'a self, uri: &'a Uri) -> Option<&'a str> {
+        match self {
+            #[cfg(feature = "axum")]
+            Self::Matched(matched) => Some(matched.as_str()),
+            Self::Grpc => Some(uri.path()),
+            Self::Unmatched => None,
+        }
+    }
+
+    /// The `route` metric label. A gRPC path is client-controlled until a service answered
+    /// it (`served`): a rejection by a layer, or `UNIMPLEMENTED` from the router, counts as
+    /// `unmatched`, so clients cannot mint label values.
+    #[cfg(feature = "metrics")]
+    fn label(&self, uri: &Uri, served: bool) -> metrics::SharedString {
+        match self {
+            #[cfg(feature = "axum")]
+            Self::Matched(matched) => metrics::SharedString::from(matched.as_str().to_owned()),
+            Self::Grpc if served => metrics::SharedString::from(uri.path().to_owned()),
+            _ => metrics::SharedString::const_str("unmatched"),
+        }
+    }
 }
 
 impl<F, M, R> ResponseFuture<F, M, R> {
@@ -79,9 +136,16 @@ where
         };
         this.state.set(State::Done);
         let envelope = this.cx.take().expect("context is taken only once");
-        Poll::Ready(match outcome {
-            Some(Ok(response)) => Ok(envelope.finish(response)),
-            Some(Err(error)) => Err(error),
+        let started = envelope.started;
+        #[cfg(feature = "metrics")]
+        let mut metric = Metric::new(&envelope);
+        let response = match outcome {
+            Some(Ok(response)) => {
+                #[cfg(feature = "metrics")]
+                metric.served(&envelope, &response);
+                envelope.finish(response)
+            }
+            Some(Err(error)) => return Poll::Ready(Err(error)),
             None => {
                 // The payload is not logged: a panic message may hold anything, secrets
                 // included. The panic hook has already printed it where the operator chose.
@@ -91,9 +155,88 @@ where
                     "inner service panicked; answered 500"
                 );
                 let (parts, ()) = Response::new(()).into_parts();
-                Ok(envelope.render(Error::internal("inner service panicked"), parts))
+                envelope.render(Error::internal("inner service panicked"), parts)
             }
-        })
+        };
+        let elapsed = started.map(|started| started.elapsed());
+        if !this.span.is_disabled() {
+            this.span.record("status", response.status().as_u16());
+            if let Some(error) = response.extensions().get::<Error>() {
+                this.span.record("error.code", error.code());
+            }
+            if let Some(elapsed) = elapsed {
+                this.span.record("latency_ms", elapsed.as_secs_f64() * 1000.0);
+            }
+            // One line with every field, for formatters that print spans only with events.
+            tracing::debug!(target: "tower_shield::envelope", "request completed");
+        }
+        #[cfg(feature = "metrics")]
+        if let Some(elapsed) = elapsed {
+            metric.record(response.status(), elapsed);
+        }
+        Poll::Ready(Ok(response))
+    }
+}
+
+/// The latency histogram's labels, gathered before the context is consumed.
+#[cfg(feature = "metrics")]
+struct Metric {
+    route: metrics::SharedString,
+    method: &'static str,
+}
+
+#[cfg(feature = "metrics")]
+impl Metric {
+    fn new<M, R>(cx: &Ctx<M, R>) -> Self {
+        // Until a response says otherwise (a panic): the template if known, never a gRPC path.
+        Self { route: cx.route.label(&cx.uri, false), method: method_label(&cx.method) }
+    }
+
+    fn served<M, R, B>(&mut self, cx: &Ctx<M, R>, response: &Response<B>) {
+        let served = response.extensions().get::<Error>().is_none()
+            && response.headers().get("grpc-status").is_none_or(|s| s != "12");
+        if served {
+            self.route = cx.route.label(&cx.uri, true);
+        }
+    }
+
+    fn record(self, status: StatusCode, elapsed: std::time::Duration) {
+        metrics::histogram!(
+            "tower_shield_request_duration_seconds",
+            "route" => self.route,
+            "method" => self.method,
+            "status" => status_class(status),
+        )
+        .record(elapsed.as_secs_f64());
+    }
+}
+
+/// Standard methods by name; any other (clients can invent them) as `other`.
+#[cfg(feature = "metrics")]
+fn method_label(method: &http::Method) -> &'static str {
+    use http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
+#[cfg(feature = "metrics")]
+fn status_class(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
     }
 }
 

@@ -19,6 +19,45 @@
 //!   header, put in the request extensions and headers for handlers, and recorded in the
 //!   `request` tracing span.
 //!
+//! # The request span
+//!
+//! The envelope opens one `tracing` span per request, `request` at target `tower_shield`
+//! (level `INFO`), and puts a [`RequestSpan`] handle on it in the request extensions. Every
+//! tower-shield layer records its outcome into that span, however many spans other middleware
+//! (tower-http's `TraceLayer`...) opened in between, so one span carries the whole story of a
+//! request. Its fields are plain `tracing` fields: `tracing-subscriber`'s JSON formatter prints
+//! them with each event inside the span (and on span close with `with_span_events`), and
+//! `tracing-opentelemetry` exports them as span attributes. A field stays empty when the layer
+//! that fills it is not in the stack or did not decide.
+//!
+//! | field | recorded by | value |
+//! |---|---|---|
+//! | `request_id` | envelope | the [`RequestId`] answered in `x-request-id` |
+//! | `method` | envelope | the HTTP method |
+//! | `route` | envelope | axum's matched route template (`/orders/{id}`, feature `axum`, when the envelope runs inside the router as with `Router::layer`), or a gRPC request's path (`/package.Service/Method`); never a raw HTTP path with ids |
+//! | `client_ip` | rate limit | the client IP as keyed: the peer, or the proxy-aware address from `X-Forwarded-For`/`Forwarded` of trusted proxies |
+//! | `subject`, `tenant` | auth | the authenticated principal |
+//! | `auth.method` | auth | `jwt`, `api_key`, `introspection`, a custom authenticator's name, or `none` |
+//! | `auth.outcome` | auth | `success`, `failure` (401/400), `error` (a backend failed: 503), `anonymous` (optional auth, no credential), `public` (public route) |
+//! | `rate_limit.policy` | rate limit | the quota's name (the innermost limit layer that decided) |
+//! | `rate_limit.outcome` | rate limit | `allowed`, `rejected` (429), `error` (store failed closed) |
+//! | `abuse.outcome` | penalty box | `blocked` (a blocked client's request refused with 429) |
+//! | `scope.outcome` | scope | `allowed`, `forbidden`, `step_up`, `tenant_forbidden`, `not_found`, `unauthenticated`, `unmapped` |
+//! | `validation.outcome` | validate | `passed`, `rejected` |
+//! | `idempotency.outcome` | idempotency | `stored`, `replayed`, `conflict`, `mismatch`, `missing`, `invalid`, `anonymous`, `not_stored`, `fail_open`, `error` |
+//! | `error.code` | envelope | the rendered [`Error::code`](crate::Error::code), when the response is an error |
+//! | `status` | envelope | the HTTP status sent (gRPC: 200, see `error.code`); 500 after a panic |
+//! | `latency_ms` | envelope | milliseconds (fractional) from the request to its response head |
+//!
+//! When the response head is ready, the envelope emits a `request completed` event at `DEBUG`
+//! (target `tower_shield::envelope`) inside the span: with `tower_shield::envelope=debug`, a
+//! JSON log gets one line per request with every field above (or use `tracing-subscriber`'s
+//! `with_span_events(FmtSpan::CLOSE)`).
+//!
+//! Nothing here holds a credential; values from the client are recorded as strings, which
+//! formatters quote and escape. When no subscriber records the span, the envelope adds no
+//! handle and the layers skip all of it.
+//!
 //! The public `message` is fixed per [`ErrorKind`](crate::ErrorKind); the internal
 //! [`reason`](crate::Error::reason) is logged, never rendered. Responses of the inner service with an
 //! `Err` (not a response) pass through as errors: axum and tonic services never produce them.
@@ -71,6 +110,7 @@ pub use self::{
     request_id::{MakeRequestId, MakeRequestUuid, RequestId},
     service::ErrorEnvelope,
 };
+pub use crate::observe::RequestSpan;
 
 #[cfg(test)]
 mod tests;

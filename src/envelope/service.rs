@@ -2,18 +2,21 @@ use std::{
     panic::{catch_unwind, AssertUnwindSafe},
     sync::Arc,
     task::{Context, Poll},
+    time::Instant,
 };
 
 use bytes::Bytes;
 use http::{header, Request, Response};
 use http_body::Body;
 use tower_service::Service;
+use tracing::field::Empty;
 
 use super::{
-    future::{Ctx, ResponseFuture},
+    future::{Ctx, ResponseFuture, Route},
     DefaultRender, ErrorEnvelopeLayer, Format, MakeRequestId, MakeRequestUuid, Render, RequestId,
     ResponseBody,
 };
+use crate::observe::RequestSpan;
 
 /// Renders every error response, assigns request ids and catches panics.
 ///
@@ -74,13 +77,52 @@ where
             "request",
             request_id = %request_id,
             method = %request.method(),
+            route = Empty,
+            client_ip = Empty,
+            subject = Empty,
+            tenant = Empty,
+            auth.method = Empty,
+            auth.outcome = Empty,
+            rate_limit.policy = Empty,
+            rate_limit.outcome = Empty,
+            abuse.outcome = Empty,
+            scope.outcome = Empty,
+            validation.outcome = Empty,
+            idempotency.outcome = Empty,
+            error.code = Empty,
+            status = Empty,
+            latency_ms = Empty,
         );
+        // Nothing more when no subscriber records the span (and no metrics): no clone, no
+        // insert, no clock.
+        let enabled = !span.is_disabled();
+        let route = if enabled || cfg!(feature = "metrics") {
+            Route::of(&request, grpc)
+        } else {
+            Route::Unmatched
+        };
+        let started = if !enabled {
+            None
+        } else {
+            if let Some(route) = route.span_value(request.uri()) {
+                span.record("route", route);
+            }
+            request.extensions_mut().insert(RequestSpan(span.clone()));
+            Some(Instant::now())
+        };
+        #[cfg(feature = "metrics")]
+        let started = started.or_else(|| Some(Instant::now()));
         let cx = Ctx {
             config: Arc::clone(config),
             request_id,
             grpc,
             format,
             uri: request.uri().clone(),
+            #[cfg(feature = "metrics")]
+            method: request.method().clone(),
+            #[cfg(feature = "metrics")]
+            route,
+            started,
         };
 
         let called = {

@@ -465,3 +465,94 @@ async fn error_stays_in_extensions_for_outer_layers() {
     let response = reject(Error::new(ErrorKind::Forbidden), Request::new(Full::default())).await;
     assert_eq!(response.extensions().get::<Error>().unwrap().kind(), ErrorKind::Forbidden);
 }
+
+/// Whether the handler found a [`RequestSpan`], and the events logged, for one request.
+fn span_handle_seen(subscribed: bool) -> (bool, Vec<Value>) {
+    use futures_util::FutureExt;
+    let call = || {
+        let service =
+            ErrorEnvelopeLayer::new().layer(service_fn(|request: Request<Full<Bytes>>| {
+                let seen = request.extensions().get::<RequestSpan>().is_some();
+                async move {
+                    let mut response = Response::new(Full::<Bytes>::default());
+                    *response.status_mut() =
+                        if seen { StatusCode::OK } else { StatusCode::NO_CONTENT };
+                    Ok::<_, Infallible>(response)
+                }
+            }));
+        let response = service.oneshot(request().body(Full::default()).unwrap());
+        response.now_or_never().expect("ready").unwrap().status() == StatusCode::OK
+    };
+    if subscribed {
+        crate::test_helpers::capture_events(tracing::Level::DEBUG, call)
+    } else {
+        // No subscriber records anything on this thread, whatever the global one is.
+        (
+            tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), call),
+            vec![],
+        )
+    }
+}
+
+#[test]
+fn without_a_subscriber_no_span_handle_is_added() {
+    assert!(!span_handle_seen(false).0);
+}
+
+#[test]
+fn with_a_subscriber_the_span_is_handed_down_and_completed() {
+    let (seen, events) = span_handle_seen(true);
+    assert!(seen);
+    let completed = events
+        .iter()
+        .find(|e| e["fields"]["message"] == "request completed")
+        .expect("a request completed event");
+    assert_eq!(completed["span"]["name"], "request");
+    assert_eq!(completed["span"]["status"], 200);
+    assert!(completed["span"]["latency_ms"].is_number());
+    assert!(completed["span"].get("route").is_none(), "no router, no template: {completed}");
+}
+
+#[cfg(feature = "metrics")]
+#[test]
+fn grpc_paths_are_route_labels_only_once_a_service_answered() {
+    use futures_util::FutureExt;
+    use metrics_util::debugging::DebuggingRecorder;
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        for (path, rejected) in [("/pkg.Orders/Get", false), ("/probe.Random/x1", true)] {
+            let service = ErrorEnvelopeLayer::new().layer(service_fn(
+                move |_: Request<Full<Bytes>>| async move {
+                    Ok::<_, Infallible>(match rejected {
+                        true => Error::new(ErrorKind::Unauthenticated).to_response(),
+                        false => Response::new(Full::<Bytes>::default()),
+                    })
+                },
+            ));
+            let request = request()
+                .uri(path)
+                .header(header::CONTENT_TYPE, "application/grpc")
+                .body(Full::default())
+                .unwrap();
+            service.oneshot(request).now_or_never().expect("ready").unwrap();
+        }
+    });
+    let mut routes: Vec<String> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name() == "tower_shield_request_duration_seconds")
+        .flat_map(|(key, ..)| {
+            key.key()
+                .labels()
+                .filter(|l| l.key() == "route")
+                .map(|l| l.value().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    routes.sort();
+    // The rejected call's client-chosen path never becomes a label.
+    assert_eq!(routes, ["/pkg.Orders/Get", "unmatched"]);
+}

@@ -110,12 +110,13 @@ impl LockGuard {
         let released = self.store.release(self.record, self.token).await;
         self.armed = false;
         if let Err(error) = released {
+            crate::observe::backend_failure("idempotency");
             tracing::warn!(
                 target: "tower_shield::security",
                 event = "backend.failure",
                 backend = "idempotency",
                 key = %self.record.short(),
-                error = %error,
+                reason = %error,
                 "releasing an idempotency lock failed; it expires after the lock TTL"
             );
         }
@@ -155,6 +156,9 @@ where
 {
     let Ctx { config, record, caller } = ctx;
     let (parts, body) = request.into_parts();
+    // The request span, cloned only when a subscriber records it.
+    let span = crate::observe::span(&parts.extensions).cloned();
+    let span = span.as_ref();
     let bytes = match read_limited(body, &parts.headers, config.max_request_body).await {
         Ok(bytes) => bytes,
         Err(error) => return Ok(error.to_response()),
@@ -176,6 +180,7 @@ where
                 status = stored.status().as_u16(),
                 "replayed a stored response"
             );
+            crate::observe::idempotency(span, "replayed");
             return Ok(replay(stored));
         }
         Ok(Begin::InFlight { fingerprint: held, .. }) if held == fingerprint => {
@@ -187,6 +192,7 @@ where
                 caller,
                 "a request with this key is in flight"
             );
+            crate::observe::idempotency(span, "conflict");
             let error = Error::new(ErrorKind::IdempotencyKeyInUse)
                 .with_reason("a request with this key is in flight")
                 .with_retry_after(config.retry_after);
@@ -201,21 +207,24 @@ where
                 caller,
                 "the key was used for a different request"
             );
+            crate::observe::idempotency(span, "mismatch");
             let error = Error::new(ErrorKind::IdempotencyKeyReused)
                 .with_reason("the key was used for a different request");
             return Ok(error.to_response());
         }
         Err(error) => match config.backend_failure {
             BackendFailure::FailClosed => {
+                crate::observe::backend_failure("idempotency");
                 tracing::error!(
                     target: "tower_shield::security",
                     event = "backend.failure",
                     backend = "idempotency",
                     route,
                     key,
-                    error = %error,
+                    reason = %error,
                     "idempotency store failed; request refused (fail closed)"
                 );
+                crate::observe::idempotency(span, "error");
                 let error = Error::new(ErrorKind::ServiceUnavailable)
                     .with_reason("idempotency store unavailable")
                     .with_source(error)
@@ -223,13 +232,16 @@ where
                 return Ok(error.to_response());
             }
             BackendFailure::FailOpen => {
+                crate::observe::backend_failure("idempotency");
+                crate::observe::fail_open("idempotency");
+                crate::observe::idempotency(span, "fail_open");
                 tracing::warn!(
                     target: "tower_shield::security",
                     event = "backend.fail_open",
                     backend = "idempotency",
                     route,
                     key,
-                    error = %error,
+                    reason = %error,
                     "idempotency store failed; request runs without idempotency (fail open)"
                 );
                 let response = inner.call(request).await?;
@@ -257,6 +269,7 @@ where
             status = response.status().as_u16(),
             "response not stored; key released for a retry"
         );
+        crate::observe::idempotency(span, "not_stored");
         guard.release().await;
         return Ok(response.map(ResponseBody::inner));
     }
@@ -274,6 +287,7 @@ where
                 limit = config.max_response_body,
                 "response over the storage cap served unstored; key released"
             );
+            crate::observe::idempotency(span, "not_stored");
             guard.release().await;
             return Ok(Response::from_parts(parts, ResponseBody::prefixed(frames, rest)));
         }
@@ -291,8 +305,12 @@ where
     }
     let stored = StoredResponse::new(fingerprint, parts.status, headers, bytes.clone());
     match config.store.complete(record, token, stored, config.ttl).await {
-        Ok(true) => guard.disarm(),
+        Ok(true) => {
+            crate::observe::idempotency(span, "stored");
+            guard.disarm();
+        }
         Ok(false) => {
+            crate::observe::idempotency(span, "not_stored");
             tracing::warn!(
                 target: "tower_shield::security",
                 event = "idempotency.not_stored",
@@ -304,15 +322,17 @@ where
             guard.disarm();
         }
         Err(error) => {
+            crate::observe::backend_failure("idempotency");
             tracing::error!(
                 target: "tower_shield::security",
                 event = "backend.failure",
                 backend = "idempotency",
                 route,
                 key,
-                error = %error,
+                reason = %error,
                 "storing the response failed; key released"
             );
+            crate::observe::idempotency(span, "error");
             guard.release().await;
         }
     }

@@ -250,12 +250,13 @@ impl IdempotencyStore for RedisStore {
                 let release = self.release(key, token);
                 handle.spawn(async move {
                     if let Err(error) = release.await {
+                        crate::observe::backend_failure("idempotency");
                         tracing::warn!(
                             target: "tower_shield::security",
                             event = "backend.failure",
                             backend = "idempotency",
                             key = %key.short(),
-                            error = %error,
+                            reason = %error,
                             "releasing a dropped request's lock failed; it expires after the lock TTL"
                         );
                     }

@@ -87,9 +87,11 @@ where
             Ok(None) => {
                 let error = Error::new(ErrorKind::IdempotencyKeyMissing)
                     .with_reason("no Idempotency-Key on a route that requires one");
-                return reject(&error, "missing", request.uri().path());
+                return reject(&error, "missing", request.uri().path(), request.extensions());
             }
-            Err(error) => return reject(&error, "invalid", request.uri().path()),
+            Err(error) => {
+                return reject(&error, "invalid", request.uri().path(), request.extensions())
+            }
         };
         let (parts, body) = request.into_parts();
         let caller = match parts.extensions.get::<Principal>() {
@@ -102,7 +104,7 @@ where
                             "anonymous request with an Idempotency-Key, no anonymous scope",
                         )
                         .with_challenge(Challenge::bearer(config.realm.clone()));
-                    return reject(&error, "anonymous", parts.uri.path());
+                    return reject(&error, "anonymous", parts.uri.path(), &parts.extensions);
                 }
             },
         };
@@ -119,7 +121,9 @@ fn reject<F, B: Body, E>(
     error: &Error,
     reason: &'static str,
     path: &str,
+    extensions: &http::Extensions,
 ) -> ResponseFuture<F, B, E> {
+    crate::observe::idempotency(crate::observe::span(extensions), reason);
     tracing::info!(
         target: "tower_shield::security",
         event = "idempotency.rejected",

@@ -104,11 +104,26 @@ where
                     let ctx = this.cx.as_mut().expect("context present while deciding");
                     let request = request.take().expect("request present while deciding");
                     let response = match outcome {
-                        Err(error) => Some(error.to_response()),
+                        Err(error) => {
+                            let policy = ctx.limits.quotas().first().map_or("", |q| q.name());
+                            let extensions = request.extensions();
+                            crate::observe::rate_limit(
+                                extensions,
+                                policy,
+                                &ctx.shared.kind,
+                                "error",
+                            );
+                            Some(error.to_response())
+                        }
                         Ok(decision) if !decision.is_allowed() => {
                             Some(reject(&ctx.shared, &ctx.limits, &decision, &request))
                         }
                         Ok(decision) => {
+                            if let Some(span) = crate::observe::span(request.extensions()) {
+                                let policy = ctx.limits.quotas()[decision.quota_index()].name();
+                                span.record("rate_limit.policy", policy);
+                                span.record("rate_limit.outcome", "allowed");
+                            }
                             ctx.decision = Some(decision);
                             None
                         }
@@ -238,6 +253,7 @@ fn reject<B, ResBody: Default>(
     request: &Request<B>,
 ) -> Response<ResBody> {
     let policy = limits.quotas()[decision.quota_index()].name();
+    crate::observe::rate_limit(request.extensions(), policy, &shared.kind, "rejected");
     tracing::info!(
         target: "tower_shield::security",
         event = "rate_limit.rejected",
@@ -270,10 +286,12 @@ pub(crate) fn reject_too_costly<ResBody: Default>(
     limits: &Limits,
     parts: &Parts,
 ) -> Response<ResBody> {
+    let policy = limits.quotas().first().map_or("", |q| q.name());
+    crate::observe::rate_limit(&parts.extensions, policy, &shared.kind, "rejected");
     tracing::info!(
         target: "tower_shield::security",
         event = "rate_limit.rejected",
-        policy = limits.quotas().first().map_or("", |q| q.name()),
+        policy,
         key_kind = %shared.kind,
         route = route(&parts.extensions, &parts.uri),
         reason = "cost exceeds burst",

@@ -94,10 +94,12 @@ impl<St: Store> RateLimiter<St> {
         if decision.is_allowed() {
             return Ok(decision);
         }
+        let policy = self.limits.quotas()[decision.quota_index()].name();
+        crate::observe::rate_limit(&http::Extensions::new(), policy, "handler", "rejected");
         tracing::info!(
             target: "tower_shield::security",
             event = "rate_limit.rejected",
-            policy = self.limits.quotas()[decision.quota_index()].name(),
+            policy,
             key_kind = "handler",
             "rate limit exceeded"
         );

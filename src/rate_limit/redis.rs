@@ -313,6 +313,11 @@ impl Inner {
 
     /// Logs a backend failure at most once per second.
     fn log_failure(&self, error: &dyn fmt::Display) {
+        // Counted every time; logged at most once per second.
+        crate::observe::backend_failure("redis");
+        if self.policy == FailurePolicy::FailOpen {
+            crate::observe::fail_open("redis");
+        }
         let now = self.now();
         let last = self.last_log.load(Ordering::Relaxed);
         if last != 0 && now.saturating_sub(last) < 1_000_000_000 {

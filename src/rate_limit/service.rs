@@ -66,6 +66,7 @@ where
         let (mut parts, body) = request.into_parts();
         if let Some(client_ip) = &shared.client_ip {
             if let Some(ip) = client_ip.resolve(&parts) {
+                crate::observe::client_ip(&parts.extensions, ip);
                 parts.extensions.insert(ClientAddr(ip));
             }
         }
@@ -80,10 +81,10 @@ where
                     }
                     MissingKey::ClientIp => match parts.extensions.get::<ClientAddr>().copied() {
                         Some(ClientAddr(ip)) => Some(shared.fallback_ip.key_for(ip)),
-                        None => shared
-                            .fallback_ip
-                            .resolve(&parts)
-                            .map(|ip| shared.fallback_ip.key_for(ip)),
+                        None => shared.fallback_ip.resolve(&parts).map(|ip| {
+                            crate::observe::client_ip(&parts.extensions, ip);
+                            shared.fallback_ip.key_for(ip)
+                        }),
                     },
                 };
                 match fallback {

@@ -164,6 +164,7 @@ where
 
 fn log(policy: &str, decision: Decision, principal: &Principal, request: &Parts) {
     let route = route(request);
+    crate::observe::scope(&request.extensions, decision.outcome());
     if decision == Decision::Allow {
         tracing::debug!(
             target: "tower_shield::security",
@@ -342,6 +343,7 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let Some(principal) = request.extensions().get::<Principal>().cloned() else {
+            crate::observe::scope(request.extensions(), "unauthenticated");
             tracing::info!(
                 target: "tower_shield::security",
                 event = "scope.denied",

@@ -68,6 +68,7 @@ fn decide<'c, B>(config: &'c Config, request: &Request<B>) -> Option<&'c Rejecti
             None => ("unauthenticated", &config.unauthenticated),
             Some(_) => ("unmapped", &config.unmapped),
         };
+        crate::observe::scope(request.extensions(), outcome);
         tracing::warn!(
             target: TARGET,
             event = "scope.denied",
@@ -91,6 +92,7 @@ fn decide<'c, B>(config: &'c Config, request: &Request<B>) -> Option<&'c Rejecti
     let (verdict, alternative) = compiled.requirement.evaluate(&facts);
     let (event, outcome, rejection) = match verdict {
         Verdict::Allow => {
+            crate::observe::scope(request.extensions(), "allowed");
             tracing::debug!(
                 target: TARGET,
                 event = "scope.allowed",
@@ -123,6 +125,7 @@ fn denied<B>(
     request: &Request<B>,
     requirement: &str,
 ) {
+    crate::observe::scope(request.extensions(), outcome);
     tracing::info!(
         target: TARGET,
         event,

@@ -726,15 +726,18 @@ impl State {
     fn report(&self, report: &Report) {
         let kind = &*self.config.kind;
         match report {
-            Report::Blocked { client, strikes, cool_down } => tracing::warn!(
-                target: SECURITY_TARGET,
-                event = "abuse.blocked",
-                key_kind = kind,
-                client = fingerprint_str(client),
-                strikes,
-                cool_down_ms = cool_down / 1_000_000,
-                "client blocked after repeated suspicious responses"
-            ),
+            Report::Blocked { client, strikes, cool_down } => {
+                crate::observe::abuse_blocked(kind);
+                tracing::warn!(
+                    target: SECURITY_TARGET,
+                    event = "abuse.blocked",
+                    key_kind = kind,
+                    client = fingerprint_str(client),
+                    strikes,
+                    cool_down_ms = cool_down / 1_000_000,
+                    "client blocked after repeated suspicious responses"
+                )
+            }
             Report::Unblocked { client, strikes } => tracing::info!(
                 target: SECURITY_TARGET,
                 event = "abuse.unblocked",
@@ -831,6 +834,7 @@ where
         let state = &self.layer.state;
         let hash = state.hash(&key);
         if let Some(remaining) = state.check(hash, state.now()) {
+            crate::observe::abuse_rejected(&parts.extensions, &state.config.kind);
             let response = Error::new(ErrorKind::RateLimited)
                 .with_reason("client in the abuse penalty box")
                 .with_retry_after(remaining)

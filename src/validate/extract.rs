@@ -60,6 +60,7 @@ where
         let (parts, body) = request.into_parts();
         let route = route(&parts).to_owned();
         let reject = |rule: &'static str, error: Error| {
+            crate::observe::validation_rejected(&parts.extensions, rule);
             emit(&route, rule, &error);
             error
         };

@@ -80,7 +80,10 @@ where
                             Ok((Buffered::new(bytes), json))
                         });
                     match checked {
-                        Ok((body, json)) => inner.call(into_request(parts, body, json)),
+                        Ok((body, json)) => {
+                            crate::observe::validation_passed(&parts.extensions);
+                            inner.call(into_request(parts, body, json))
+                        }
                         Err(rejection) => {
                             let response = rejection.into_response(&parts);
                             this.state.set(State::Rejected { response: None });

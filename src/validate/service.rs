@@ -57,6 +57,7 @@ impl Rejection {
 
     /// Emits `validate.rejected` and builds the response.
     pub(crate) fn into_response<B: Default>(self, parts: &Parts) -> Response<B> {
+        crate::observe::validation_rejected(&parts.extensions, self.rule);
         emit(route(parts), self.rule, &self.error);
         self.error.to_response()
     }
@@ -129,6 +130,7 @@ where
         if !has_body {
             return match after_read(config, &parts, &[]) {
                 Ok(json) => {
+                    crate::observe::validation_passed(&parts.extensions);
                     let request = into_request(parts, Buffered::default(), json);
                     ResponseFuture::calling(self.inner.call(request))
                 }
