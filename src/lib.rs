@@ -112,6 +112,11 @@ pub mod preset;
 
 mod builder;
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+#[path = "fuzz.rs"]
+pub mod __fuzz;
+
 pub use self::builder::ServiceBuilderExt;
 pub use self::error::{BoxError, Error, ErrorKind};
 

@@ -11,8 +11,9 @@ use serde_json::{Map, Number, Value};
 
 use crate::error::Detail;
 
-/// The largest nesting depth a layer accepts (serde_json's own recursion limit).
-pub(crate) const MAX_DEPTH_LIMIT: usize = 128;
+/// The largest nesting depth a layer accepts: the deepest serde_json parses (its recursion
+/// limit of 128 refuses the 128th nested array or object).
+pub(crate) const MAX_DEPTH_LIMIT: usize = 127;
 
 /// A property name in a `field` is cut to this many bytes (JSON-pointer escaped).
 const MAX_SEGMENT: usize = 64;
@@ -485,6 +486,16 @@ mod tests {
         // Brackets inside strings, escaped quotes included, do not count.
         let quoted = format!(r#"{{"a":"{}\"{}"}}"#, "[".repeat(200), "{".repeat(200));
         assert!(parse(quoted.as_bytes(), rules()).is_ok());
+    }
+
+    #[test]
+    fn the_largest_depth_limit_is_one_serde_json_parses() {
+        // Regression (found by the `json` fuzz target): with the limit at 128, a document
+        // nested 128 deep passed the pre-scan and failed in serde_json as a syntax error.
+        let rules = JsonRules { max_depth: MAX_DEPTH_LIMIT, ..rules() };
+        let at = |d: usize| format!("{}{}", "[".repeat(d), "]".repeat(d)).into_bytes();
+        assert!(parse(&at(MAX_DEPTH_LIMIT), rules).is_ok());
+        assert_eq!(parse(&at(MAX_DEPTH_LIMIT + 1), rules).unwrap_err().rule, "depth");
     }
 
     #[test]
