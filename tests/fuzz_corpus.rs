@@ -37,7 +37,7 @@ impl Rng {
         // Half the time from the bytes parsers care about, so mutations reach past the first check.
         const INTERESTING: &[u8] =
             b" \t\r\n\0\"\\,;:=.-_/+~[]{}0123456789eE-abcfABCF\x7f\x80\xc3\xff";
-        if self.next() % 2 == 0 {
+        if self.next() & 1 == 0 {
             INTERESTING[self.below(INTERESTING.len())]
         } else {
             self.next() as u8
