@@ -691,6 +691,11 @@ impl<'a> Parsed<'a> {
             URL_SAFE_NO_PAD.decode(header).map_err(|_| "jwt: header is not base64url")?;
         let header: Header =
             serde_json::from_slice(&header_json).map_err(|_| "jwt: header is not valid JSON")?;
+        // A JOSE header is a JSON object (RFC 7515 section 4); serde also reads a struct from
+        // an array such as `["HS256"]`.
+        if header_json.trim_ascii_start().first() != Some(&b'{') {
+            return Err("jwt: header is not a JSON object");
+        }
         if header.crit.is_some() {
             return Err("jwt: header has crit");
         }
