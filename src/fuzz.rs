@@ -334,7 +334,10 @@ pub fn client_ip(data: &[u8]) {
         IpAddr::V6(v6) => {
             let low = u128::from(u64::from_le_bytes(noise.try_into().expect("8 bytes")));
             let neighbour = Ipv6Addr::from(u128::from(v6) ^ low);
-            assert_eq!(ip.key_for(client), ip.key_for(IpAddr::V6(neighbour)), "/64 keying");
+            // In ::/64, IPv4-mapped neighbours (`::ffff:a.b.c.d`) count as IPv4 addresses.
+            if neighbour.to_ipv4_mapped().is_none() {
+                assert_eq!(ip.key_for(client), ip.key_for(IpAddr::V6(neighbour)), "/64 keying");
+            }
         }
         IpAddr::V4(v4) => {
             let other = std::net::Ipv4Addr::from(u32::from(v4) ^ 1);
