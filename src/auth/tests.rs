@@ -680,7 +680,7 @@ fn malformed_tokens() {
     )
     .unwrap();
     assert_rejected(&jwt, &format!("{message}.{sig}"), "jwt: payload is not a JSON object");
-    // Regression (found by the `jwt` fuzz target): a header that is a JSON array, correctly
+    // Regression (found writing the `jwt` fuzz target): a header that is a JSON array, correctly
     // signed, was read as `{"alg": "HS256"}`.
     for header in ["[\"HS256\"]", " [\"HS256\", null, null, null]"] {
         let message = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), b64(&claims()));

@@ -490,7 +490,7 @@ mod tests {
 
     #[test]
     fn the_largest_depth_limit_is_one_serde_json_parses() {
-        // Regression (found by the `json` fuzz target): with the limit at 128, a document
+        // Regression (found writing the `json` fuzz target): with the limit at 128, a document
         // nested 128 deep passed the pre-scan and failed in serde_json as a syntax error.
         let rules = JsonRules { max_depth: MAX_DEPTH_LIMIT, ..rules() };
         let at = |d: usize| format!("{}{}", "[".repeat(d), "]".repeat(d)).into_bytes();
