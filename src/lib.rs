@@ -123,6 +123,11 @@ mod builder;
 #[allow(dead_code)]
 mod observe;
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+#[path = "fuzz.rs"]
+pub mod __fuzz;
+
 pub use self::builder::ServiceBuilderExt;
 pub use self::error::{BoxError, Error, ErrorKind};
 

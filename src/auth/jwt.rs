@@ -689,8 +689,16 @@ impl<'a> Parsed<'a> {
         }
         let header_json =
             URL_SAFE_NO_PAD.decode(header).map_err(|_| "jwt: header is not base64url")?;
+        // UTF-8 checked first: serde_json skips the members it ignores without checking them.
+        let header_json =
+            std::str::from_utf8(&header_json).map_err(|_| "jwt: header is not valid JSON")?;
         let header: Header =
-            serde_json::from_slice(&header_json).map_err(|_| "jwt: header is not valid JSON")?;
+            serde_json::from_str(header_json).map_err(|_| "jwt: header is not valid JSON")?;
+        // A JOSE header is a JSON object (RFC 7515 section 4); serde also reads a struct from
+        // an array such as `["HS256"]`.
+        if !header_json.trim_start().starts_with('{') {
+            return Err("jwt: header is not a JSON object");
+        }
         if header.crit.is_some() {
             return Err("jwt: header has crit");
         }

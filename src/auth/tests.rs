@@ -680,6 +680,29 @@ fn malformed_tokens() {
     )
     .unwrap();
     assert_rejected(&jwt, &format!("{message}.{sig}"), "jwt: payload is not a JSON object");
+    // Regression (found writing the `jwt` fuzz target): a header that is a JSON array, correctly
+    // signed, was read as `{"alg": "HS256"}`.
+    for header in ["[\"HS256\"]", " [\"HS256\", null, null, null]"] {
+        let message = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), b64(&claims()));
+        let sig = jsonwebtoken::crypto::sign(
+            message.as_bytes(),
+            &EncodingKey::from_secret(SECRET),
+            Algorithm::HS256,
+        )
+        .unwrap();
+        assert_rejected(&jwt, &format!("{message}.{sig}"), "jwt: header is not a JSON object");
+    }
+    // Regression (found by the `jwt` fuzz target): invalid UTF-8 in a header member the
+    // verifier ignores, correctly signed, was accepted.
+    let header = b"{\"alg\":\"HS256\",\"x\":\"\xff\xfe\"}";
+    let message = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), b64(&claims()));
+    let sig = jsonwebtoken::crypto::sign(
+        message.as_bytes(),
+        &EncodingKey::from_secret(SECRET),
+        Algorithm::HS256,
+    )
+    .unwrap();
+    assert_rejected(&jwt, &format!("{message}.{sig}"), "jwt: header is not valid JSON");
     // crit.
     let mut header = jsonwebtoken::Header::new(Algorithm::HS256);
     header.extras.insert("crit", json!(["exp"]));

@@ -116,7 +116,7 @@
 
 mod body;
 mod future;
-mod key;
+pub(crate) mod key;
 mod layer;
 #[cfg(feature = "redis")]
 mod redis;

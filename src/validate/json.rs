@@ -1,15 +1,19 @@
 //! Parsing an untrusted JSON body: UTF-8, nesting depth and integer range checked by an
 //! iterative pre-scan, then a parse that rejects duplicate object keys.
 
-use std::{cell::RefCell, fmt};
+use std::{
+    cell::{Cell, RefCell},
+    fmt,
+};
 
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
 use crate::error::Detail;
 
-/// The largest nesting depth a layer accepts (serde_json's own recursion limit).
-pub(crate) const MAX_DEPTH_LIMIT: usize = 128;
+/// The largest nesting depth a layer accepts: the deepest serde_json parses (its recursion
+/// limit of 128 refuses the 128th nested array or object).
+pub(crate) const MAX_DEPTH_LIMIT: usize = 127;
 
 /// A property name in a `field` is cut to this many bytes (JSON-pointer escaped).
 const MAX_SEGMENT: usize = 64;
@@ -58,28 +62,90 @@ pub(crate) fn parse(bytes: &[u8], rules: JsonRules) -> Result<Value, ShapeError>
                 .with_message(format!("invalid UTF-8 at line {line} column {column}")),
         ));
     }
-    prescan(bytes, rules)?;
+    let big_integer = prescan(bytes, rules)?;
 
-    let duplicate = RefCell::new(None);
+    let trace = Trace { big_integer, ..Trace::default() };
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let parsed = ValueSeed { duplicate: &duplicate }.deserialize(&mut de).and_then(|value| {
+    let parsed = ValueSeed { trace: &trace }.deserialize(&mut de).and_then(|value| {
         de.end()?;
         Ok(value)
     });
-    parsed.map_err(|error| match duplicate.into_inner() {
-        Some(mut path) => {
-            path.reverse();
-            let mut pointer = Pointer::default();
-            for segment in &path {
-                pointer.push_name(segment);
-            }
-            ShapeError::new(
-                "duplicate_key",
-                Detail::new(pointer.finish(), "duplicate_key").with_message("duplicate object key"),
-            )
+    let pointer = || {
+        let mut pointer = Pointer::default();
+        for segment in trace.path.borrow().iter().rev() {
+            pointer.push_name(segment);
         }
-        None => syntax_error(&error),
-    })
+        pointer.finish()
+    };
+    match parsed {
+        Ok(value) => match big_integer {
+            // Unreachable for a document serde_json accepts (the pre-scan and the parser see
+            // the same number literals); refused anyway, at the root.
+            Some(big) => Err(big.error(String::new())),
+            None => Ok(value),
+        },
+        Err(_) if trace.duplicate.get() => Err(ShapeError::new(
+            "duplicate_key",
+            Detail::new(pointer(), "duplicate_key").with_message("duplicate object key"),
+        )),
+        Err(_) if trace.big_integer_hit.get() => {
+            Err(big_integer.expect("hit only when flagged").error(pointer()))
+        }
+        Err(error) => {
+            let mut shape = syntax_error(&error);
+            if shape.rule == "number_out_of_range" {
+                shape.detail = Detail::new(pointer(), "number_out_of_range")
+                    .with_message(shape.detail.message().unwrap_or_default().to_owned());
+            }
+            Err(shape)
+        }
+    }
+}
+
+/// An integer literal the pre-scan found outside the 64-bit range: which number literal of the
+/// document it is (0-based, in document order) and where.
+#[derive(Clone, Copy, Debug)]
+struct BigInteger {
+    ordinal: usize,
+    line: usize,
+    column: usize,
+}
+
+impl BigInteger {
+    fn error(self, field: String) -> ShapeError {
+        let Self { line, column, .. } = self;
+        ShapeError::new(
+            "number_out_of_range",
+            Detail::new(field, "number_out_of_range").with_message(format!(
+                "integer out of the 64-bit range at line {line} column {column}"
+            )),
+        )
+    }
+}
+
+/// What the parse saw, shared by the nested visitors: the path of a failure (innermost first,
+/// collected as the error unwinds), whether it is a duplicate key, and the number literals
+/// visited so far (to stop at the one the pre-scan flagged).
+#[derive(Default)]
+struct Trace {
+    path: RefCell<Vec<String>>,
+    duplicate: Cell<bool>,
+    numbers: Cell<usize>,
+    big_integer: Option<BigInteger>,
+    big_integer_hit: Cell<bool>,
+}
+
+impl Trace {
+    /// Counts one number literal; an error when it is the flagged one.
+    fn number<E: de::Error>(&self) -> Result<(), E> {
+        let ordinal = self.numbers.get();
+        self.numbers.set(ordinal + 1);
+        if self.big_integer.is_some_and(|big| big.ordinal == ordinal) {
+            self.big_integer_hit.set(true);
+            return Err(E::custom("number out of range"));
+        }
+        Ok(())
+    }
 }
 
 /// The serde_json error as a detail. Only serde_json's fixed descriptions are used (they never
@@ -123,11 +189,14 @@ fn syntax_error(error: &serde_json::Error) -> ShapeError {
     }
 }
 
-/// One pass over the bytes, without recursion: nesting depth, and integer literals that do not
-/// fit in an `i64` or `u64` (which serde_json would silently turn into a lossy `f64`).
-/// Malformed documents are left for the parser to report.
-fn prescan(bytes: &[u8], rules: JsonRules) -> Result<(), ShapeError> {
+/// One pass over the bytes, without recursion: nesting depth (an error), and the first integer
+/// literal that does not fit in an `i64` or `u64` (which serde_json would silently turn into a
+/// lossy `f64`; returned, so that the parse refuses it with its path). Malformed documents are
+/// left for the parser to report.
+fn prescan(bytes: &[u8], rules: JsonRules) -> Result<Option<BigInteger>, ShapeError> {
     let mut depth = 0usize;
+    let mut numbers = 0usize;
+    let mut big_integer = None;
     let mut in_string = false;
     let mut i = 0;
     while i < bytes.len() {
@@ -162,15 +231,14 @@ fn prescan(bytes: &[u8], rules: JsonRules) -> Result<(), ShapeError> {
                     .iter()
                     .position(|c| !matches!(c, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
                     .map_or(bytes.len(), |n| i + n);
-                if !rules.lossy_integers && integer_out_of_range(&bytes[i..end]) {
+                if big_integer.is_none()
+                    && !rules.lossy_integers
+                    && integer_out_of_range(&bytes[i..end])
+                {
                     let (line, column) = line_column(bytes, i);
-                    return Err(ShapeError::new(
-                        "number_out_of_range",
-                        Detail::new("", "number_out_of_range").with_message(format!(
-                            "integer out of the 64-bit range at line {line} column {column}"
-                        )),
-                    ));
+                    big_integer = Some(BigInteger { ordinal: numbers, line, column });
                 }
+                numbers += 1;
                 i = end;
                 continue;
             }
@@ -178,7 +246,7 @@ fn prescan(bytes: &[u8], rules: JsonRules) -> Result<(), ShapeError> {
         }
         i += 1;
     }
-    Ok(())
+    Ok(big_integer)
 }
 
 /// Whether `token` is an integer literal (no fraction or exponent) outside
@@ -211,30 +279,28 @@ fn line_column(bytes: &[u8], offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// Builds a `serde_json::Value`, failing on a repeated object key. Recursion is safe: the
-/// pre-scan has bounded the depth. On a duplicate, `duplicate` collects the path (innermost
-/// first) as the error unwinds.
+/// Builds a `serde_json::Value`, failing on a repeated object key and on the integer the
+/// pre-scan flagged. Recursion is safe: the pre-scan has bounded the depth. On any error,
+/// `trace` collects the path (innermost first) as the error unwinds.
 struct ValueSeed<'a> {
-    duplicate: &'a RefCell<Option<Vec<String>>>,
+    trace: &'a Trace,
 }
 
 impl<'de> DeserializeSeed<'de> for ValueSeed<'_> {
     type Value = Value;
 
     fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
-        deserializer.deserialize_any(ValueVisitor { duplicate: self.duplicate })
+        deserializer.deserialize_any(ValueVisitor { trace: self.trace })
     }
 }
 
 struct ValueVisitor<'a> {
-    duplicate: &'a RefCell<Option<Vec<String>>>,
+    trace: &'a Trace,
 }
 
 impl ValueVisitor<'_> {
-    fn unwind(&self, segment: impl FnOnce() -> String) {
-        if let Some(path) = self.duplicate.borrow_mut().as_mut() {
-            path.push(segment());
-        }
+    fn unwind(&self, segment: String) {
+        self.trace.path.borrow_mut().push(segment);
     }
 }
 
@@ -249,15 +315,18 @@ impl<'de> Visitor<'de> for ValueVisitor<'_> {
         Ok(Value::Bool(v))
     }
 
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+        self.trace.number()?;
         Ok(Value::Number(v.into()))
     }
 
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+        self.trace.number()?;
         Ok(Value::Number(v.into()))
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        self.trace.number()?;
         Number::from_f64(v).map(Value::Number).ok_or_else(|| E::custom("number out of range"))
     }
 
@@ -280,12 +349,11 @@ impl<'de> Visitor<'de> for ValueVisitor<'_> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = Vec::new();
         loop {
-            match seq.next_element_seed(ValueSeed { duplicate: self.duplicate }) {
+            match seq.next_element_seed(ValueSeed { trace: self.trace }) {
                 Ok(Some(item)) => items.push(item),
                 Ok(None) => return Ok(Value::Array(items)),
                 Err(e) => {
-                    let index = items.len();
-                    self.unwind(|| index.to_string());
+                    self.unwind(items.len().to_string());
                     return Err(e);
                 }
             }
@@ -296,15 +364,16 @@ impl<'de> Visitor<'de> for ValueVisitor<'_> {
         let mut object = Map::new();
         while let Some(key) = map.next_key::<String>()? {
             if object.contains_key(&key) {
-                *self.duplicate.borrow_mut() = Some(vec![key]);
+                self.trace.duplicate.set(true);
+                self.unwind(key);
                 return Err(de::Error::custom("duplicate key"));
             }
-            match map.next_value_seed(ValueSeed { duplicate: self.duplicate }) {
+            match map.next_value_seed(ValueSeed { trace: self.trace }) {
                 Ok(value) => {
                     object.insert(key, value);
                 }
                 Err(e) => {
-                    self.unwind(|| key);
+                    self.unwind(key);
                     return Err(e);
                 }
             }
@@ -420,6 +489,16 @@ mod tests {
     }
 
     #[test]
+    fn the_largest_depth_limit_is_one_serde_json_parses() {
+        // Regression (found writing the `json` fuzz target): with the limit at 128, a document
+        // nested 128 deep passed the pre-scan and failed in serde_json as a syntax error.
+        let rules = JsonRules { max_depth: MAX_DEPTH_LIMIT, ..rules() };
+        let at = |d: usize| format!("{}{}", "[".repeat(d), "]".repeat(d)).into_bytes();
+        assert!(parse(&at(MAX_DEPTH_LIMIT), rules).is_ok());
+        assert_eq!(parse(&at(MAX_DEPTH_LIMIT + 1), rules).unwrap_err().rule, "depth");
+    }
+
+    #[test]
     fn duplicate_keys_are_rejected_with_their_pointer() {
         assert_eq!(
             issue(br#"{"quantity":1,"quantity":100000}"#),
@@ -445,6 +524,28 @@ mod tests {
         assert!(parse(b"1.8446744073709552e19", rules()).is_ok());
         let lossy = JsonRules { lossy_integers: true, ..rules() };
         assert_eq!(parse(b"18446744073709551616", lossy).unwrap(), 18446744073709551616.0);
+    }
+
+    #[test]
+    fn numbers_out_of_range_name_their_field() {
+        // Regression: the detail named the document root instead of the field.
+        let (field, kind, message) = issue(br#"{"quantity": 1e400}"#);
+        assert_eq!((field.as_str(), kind.as_str()), ("/quantity", "number_out_of_range"));
+        assert_eq!(message, "number out of range at line 1 column 18");
+        let (field, kind, message) = issue(br#"{"a":[1,{"b~/":18446744073709551616}]}"#);
+        assert_eq!((field.as_str(), kind.as_str()), ("/a/1/b~0~1", "number_out_of_range"));
+        assert_eq!(message, "integer out of the 64-bit range at line 1 column 16");
+        assert_eq!(issue(b"[0, -1e999]").0, "/1");
+        assert_eq!(issue(b"123456789012345678901234567890").0, "");
+        // Only the first out-of-range integer is reported, with the numbers before it counted.
+        let (field, ..) =
+            issue(br#"{"s":"1e999 99999999999999999999","n":[1.5,-3,99999999999999999999,1e999]}"#);
+        assert_eq!(field, "/n/2");
+        // A syntax error before the flagged integer is reported as one.
+        assert_eq!(issue(b"[1 2, 99999999999999999999]").1, "syntax");
+        // The depth limit still holds after an out-of-range integer.
+        let deep = format!("[99999999999999999999,{}{}]", "[".repeat(70), "]".repeat(70));
+        assert_eq!(issue(deep.as_bytes()).1, "depth");
     }
 
     #[test]

@@ -125,7 +125,7 @@ impl ValidateLayer {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] unless `depth` is 1 to 128.
+    /// A [`ConfigError`] unless `depth` is 1 to 127.
     pub fn max_depth(mut self, depth: usize) -> Result<Self, ConfigError> {
         if !(1..=MAX_DEPTH_LIMIT).contains(&depth) {
             return Err(ConfigError::new(format!(

@@ -118,7 +118,7 @@ use serde_json::Value;
 #[cfg(feature = "axum")]
 mod extract;
 mod future;
-mod json;
+pub(crate) mod json;
 mod layer;
 mod media;
 mod schema;
