@@ -14,8 +14,10 @@ mod auth;
 mod envelope;
 mod idempotency;
 mod jwks;
+mod preset;
 mod rate_limit;
 mod scope;
+mod summary;
 mod validate;
 
 /// A bare axum router with one route: the baseline every layer is compared with.
@@ -64,6 +66,7 @@ fn baseline(c: &mut Criterion) {
 
 criterion_group!(
     benches,
+    summary::start,
     baseline,
     envelope::benches,
     auth::benches,
@@ -71,6 +74,8 @@ criterion_group!(
     validate::benches,
     rate_limit::benches,
     idempotency::benches,
-    jwks::benches
+    jwks::benches,
+    preset::benches,
+    summary::targets
 );
 criterion_main!(benches);
