@@ -46,6 +46,7 @@ fn app(auth: AuthLayer, quota: Quota, scope: &str) -> Router {
             get(|| async { "[]" }).route_layer(shield.standard(Requirement::scope(scope))),
         )
         .layer(shield)
+        .with_state(())
 }
 
 pub(crate) fn benches(c: &mut Criterion) {
