@@ -89,7 +89,7 @@ pub(crate) fn benches(c: &mut Criterion) {
         b.iter(|| run(&rt, &accepted, request(None), StatusCode::UNAUTHORIZED))
     });
     let admin_only =
-        app(AuthLayer::new(jwt(keys(Algorithm::HS256).1, true)), generous.clone(), "orders:admin");
+        app(AuthLayer::new(jwt(keys(Algorithm::HS256).1, true)), generous, "orders:admin");
     group.bench_function("rejected_403_scope", |b| {
         b.iter(|| run(&rt, &admin_only, request(Some(&hs256)), StatusCode::FORBIDDEN))
     });
