@@ -23,7 +23,9 @@ fn request(key: &str) -> Request<Body> {
 
 pub(crate) fn benches(c: &mut Criterion) {
     let rt = runtime();
-    let router = Router::new().route("/orders", post(|| async { (StatusCode::CREATED, "{}") }));
+    let router = Router::new()
+        .route("/orders", post(|| async { (StatusCode::CREATED, "{}") }))
+        .with_state(());
     let app = IdempotencyLayer::new().layer(router);
     let mut group = c.benchmark_group("idempotency");
     let n = AtomicU64::new(0);

@@ -15,7 +15,8 @@ pub(crate) fn benches(c: &mut Criterion) {
     let requirement =
         Requirement::all(["orders:read", "orders:write"]).or(Requirement::role("admin"));
     let app = Router::new()
-        .route("/orders", get(|| async { "[]" }).route_layer(ScopeLayer::new(requirement)));
+        .route("/orders", get(|| async { "[]" }).route_layer(ScopeLayer::new(requirement)))
+        .with_state(());
     let allowed = Principal::builder("user-1")
         .scopes(["orders:read", "orders:write", "profile", "email", "openid"])
         .build();

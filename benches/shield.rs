@@ -14,13 +14,18 @@ mod auth;
 mod envelope;
 mod idempotency;
 mod jwks;
+mod preset;
 mod rate_limit;
 mod scope;
+mod summary;
 mod validate;
 
 /// A bare axum router with one route: the baseline every layer is compared with.
+///
+/// Every bench router is finished with `with_state(())`, as `axum::serve` does: otherwise axum
+/// turns each handler (and its route layers) into a route again on every request.
 pub(crate) fn bare_router() -> Router {
-    Router::new().route("/orders", get(|| async { "[]" }))
+    Router::new().route("/orders", get(|| async { "[]" })).with_state(())
 }
 
 /// Sends one request through `service` and checks the status, on a current-thread runtime.
@@ -64,6 +69,7 @@ fn baseline(c: &mut Criterion) {
 
 criterion_group!(
     benches,
+    summary::start,
     baseline,
     envelope::benches,
     auth::benches,
@@ -71,6 +77,8 @@ criterion_group!(
     validate::benches,
     rate_limit::benches,
     idempotency::benches,
-    jwks::benches
+    jwks::benches,
+    preset::benches,
+    summary::targets
 );
 criterion_main!(benches);

@@ -39,11 +39,13 @@ fn request(body: &str) -> Request<Body> {
 
 pub(crate) fn benches(c: &mut Criterion) {
     let rt = runtime();
-    let bare = Router::new().route("/orders", post(|| async { "ok" }));
-    let app = Router::new().route(
-        "/orders",
-        post(|| async { "ok" }).route_layer(ValidateLayer::new().schema(&schema()).unwrap()),
-    );
+    let bare = Router::new().route("/orders", post(|| async { "ok" })).with_state(());
+    let app = Router::new()
+        .route(
+            "/orders",
+            post(|| async { "ok" }).route_layer(ValidateLayer::new().schema(&schema()).unwrap()),
+        )
+        .with_state(());
     let (ok, invalid) = (body(2), body(5000));
     let mut group = c.benchmark_group("validate");
     group.bench_function("bare_post_1k", |b| {

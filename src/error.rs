@@ -371,28 +371,39 @@ impl Challenge {
 
     /// The header value. Characters that cannot appear in a quoted string are dropped.
     pub fn to_header_value(&self) -> HeaderValue {
-        HeaderValue::from_str(&self.to_string())
+        let mut out = String::with_capacity(64);
+        self.write_to(&mut out);
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(out))
             .unwrap_or_else(|_| HeaderValue::from_static("Bearer"))
+    }
+
+    /// The header text, written without `core::fmt` (every 401 and 403 renders one).
+    fn write_to(&self, out: &mut String) {
+        out.push_str(&self.scheme);
+        for (i, (name, value)) in self.params.iter().enumerate() {
+            out.push_str(if i == 0 { " " } else { ", " });
+            out.push_str(name);
+            out.push_str("=\"");
+            for c in value.chars() {
+                match c {
+                    '"' | '\\' => {
+                        out.push('\\');
+                        out.push(c);
+                    }
+                    ' ' | '\t' | '!'..='~' => out.push(c),
+                    _ => {}
+                }
+            }
+            out.push('"');
+        }
     }
 }
 
 impl fmt::Display for Challenge {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.scheme)?;
-        for (i, (name, value)) in self.params.iter().enumerate() {
-            f.write_str(if i == 0 { " " } else { ", " })?;
-            f.write_str(name)?;
-            f.write_str("=\"")?;
-            for c in value.chars() {
-                match c {
-                    '"' | '\\' => write!(f, "\\{c}")?,
-                    ' ' | '\t' | '!'..='~' => write!(f, "{c}")?,
-                    _ => {}
-                }
-            }
-            f.write_str("\"")?;
-        }
-        Ok(())
+        let mut out = String::with_capacity(64);
+        self.write_to(&mut out);
+        f.write_str(&out)
     }
 }
 

@@ -14,20 +14,40 @@ pub(crate) const MAX_KEY_LEN: usize = 256;
 /// Opaque bytes. The in-memory store keeps only a keyed 64-bit hash of them; the Redis store
 /// writes them hex-encoded into the key name, so keys derived from secrets should be hashed
 /// or replaced by a public id first (see [`ApiKeyId`]).
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone)]
 pub struct RateKey {
-    bytes: Box<[u8]>,
+    bytes: Repr,
+}
+
+/// Longest key kept inline: IP addresses and typical subjects need no allocation per request.
+const INLINE: usize = 30;
+
+#[derive(Clone)]
+enum Repr {
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Heap(Box<[u8]>),
 }
 
 impl RateKey {
     /// A key from any bytes.
     pub fn new(bytes: impl AsRef<[u8]>) -> Self {
-        Self { bytes: bytes.as_ref().into() }
+        let bytes = bytes.as_ref();
+        if bytes.len() <= INLINE {
+            let mut inline = [0; INLINE];
+            inline[..bytes.len()].copy_from_slice(bytes);
+            // Fits: `len <= INLINE < 256`.
+            Self { bytes: Repr::Inline { len: bytes.len() as u8, bytes: inline } }
+        } else {
+            Self { bytes: Repr::Heap(bytes.into()) }
+        }
     }
 
     /// The key bytes.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes
+        match &self.bytes {
+            Repr::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Repr::Heap(bytes) => bytes,
+        }
     }
 
     /// The key of a client IP address, as [`ClientIp`] makes it (without prefix grouping).
@@ -47,14 +67,28 @@ impl From<&str> for RateKey {
 
 impl From<String> for RateKey {
     fn from(value: String) -> Self {
-        Self { bytes: value.into_bytes().into_boxed_slice() }
+        Self::new(value)
+    }
+}
+
+impl PartialEq for RateKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for RateKey {}
+
+impl std::hash::Hash for RateKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
     }
 }
 
 /// Never prints the bytes: a key may be derived from a credential.
 impl fmt::Debug for RateKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RateKey(<{} bytes>)", self.bytes.len())
+        write!(f, "RateKey(<{} bytes>)", self.as_bytes().len())
     }
 }
 
@@ -97,7 +131,7 @@ pub struct GlobalKey;
 
 impl KeyExtractor for GlobalKey {
     fn extract(&self, _: &Parts) -> Option<RateKey> {
-        Some(RateKey { bytes: Box::default() })
+        Some(RateKey::new(b""))
     }
 
     fn kind(&self) -> Cow<'static, str> {
@@ -231,11 +265,12 @@ macro_rules! tuple_key {
                 let mut bytes = Vec::with_capacity(64);
                 $(
                     let part = $name.extract(parts)?;
-                    let len = u32::try_from(part.bytes.len()).ok()?;
+                    let part = part.as_bytes();
+                    let len = u32::try_from(part.len()).ok()?;
                     bytes.extend_from_slice(&len.to_le_bytes());
-                    bytes.extend_from_slice(&part.bytes);
+                    bytes.extend_from_slice(part);
                 )+
-                Some(RateKey { bytes: bytes.into_boxed_slice() })
+                Some(RateKey::new(bytes))
             }
 
             fn kind(&self) -> Cow<'static, str> {

@@ -1,0 +1,283 @@
+//! tower-shield's preset against a comparable stack of peers, over the same axum handler and
+//! the same request, in process through `tower::ServiceExt::oneshot`:
+//!
+//! - **ours**: `Shield` (envelope, per-IP limit, HS256 JWT auth with its verified-token cache,
+//!   per-principal limit) and `Shield::standard(Requirement::scope("orders:read"))`;
+//! - **theirs**: tower_governor (per-IP limit) → jwt-authorizer (HS256, `iss`/`aud`/`exp`
+//!   checked) with a claims check for the scope.
+//!
+//! Each run ends with our overhead and theirs over bare axum, the ratio, and the cost of a 429
+//! against the accepted request of both stacks. `cd benches/compare && cargo bench`.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    num::NonZeroU32,
+    path::PathBuf,
+    time::{Duration, SystemTime},
+};
+
+use axum::{body::Body, extract::ConnectInfo, routing::get, Router};
+use criterion::Criterion;
+use http::{header, Request, Response, StatusCode};
+use jsonwebtoken::{EncodingKey, Header};
+use jwt_authorizer::IntoLayer;
+use serde::Deserialize;
+use tower::{Layer, Service, ServiceExt};
+use tower_governor::{governor::GovernorConfigBuilder, GovernorLayer};
+use tower_shield::{
+    auth::{jwt::Jwt, AuthLayer},
+    preset::Shield,
+    rate_limit::Quota,
+    scope::Requirement,
+};
+
+const SECRET: &str = "a benchmark secret of at least 32 bytes";
+const ISSUER: &str = "https://issuer.bench";
+const AUDIENCE: &str = "bench";
+
+/// The handler both stacks wrap. `with_state(())` as `axum::serve` does, so that axum does not
+/// turn the handler into a route again on every request.
+fn bare_router() -> Router {
+    Router::new().route("/orders", get(|| async { "[]" })).with_state(())
+}
+
+fn token() -> String {
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+    let claims = serde_json::json!({
+        "iss": ISSUER, "aud": AUDIENCE, "sub": "alice",
+        "iat": now, "exp": now + 3600, "scope": "orders:read",
+    });
+    jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET.as_bytes()))
+        .unwrap()
+}
+
+/// The request every bench sends: a bearer token and axum's peer address, which both stacks'
+/// per-IP limits read.
+fn request(token: &str) -> Request<Body> {
+    let mut request = Request::get("/orders")
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap();
+    request.extensions_mut().insert(ConnectInfo(SocketAddr::from(([192, 0, 2, 1], 4711))));
+    request
+}
+
+fn ours(quota: Quota) -> Router {
+    let jwt =
+        Jwt::builder().hs256_secret(SECRET).issuer(ISSUER).audience(AUDIENCE).build().unwrap();
+    let shield = Shield::builder()
+        .with_auth(AuthLayer::new(jwt))
+        .with_ip_quota(quota.clone())
+        .with_principal_quota(quota)
+        .build()
+        .unwrap();
+    Router::new()
+        .route(
+            "/orders",
+            get(|| async { "[]" }).route_layer(shield.standard(Requirement::scope("orders:read"))),
+        )
+        .layer(shield)
+        .with_state(())
+}
+
+#[derive(Clone, Deserialize)]
+struct Claims {
+    #[allow(dead_code)]
+    sub: String,
+    #[serde(default)]
+    scope: String,
+}
+
+/// tower_governor per IP, then jwt-authorizer HS256 with the scope as a claims check.
+fn theirs(
+    rt: &tokio::runtime::Runtime,
+    per: Duration,
+    burst: u32,
+) -> impl Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send> + Clone
+{
+    let governor = GovernorConfigBuilder::default().period(per).burst_size(burst).finish().unwrap();
+    let governor = GovernorLayer::new(governor);
+    let validation = jwt_authorizer::Validation::new().iss(&[ISSUER]).aud(&[AUDIENCE]);
+    let jwt = rt
+        .block_on(
+            jwt_authorizer::JwtAuthorizer::<Claims>::from_secret(SECRET)
+                .validation(validation)
+                .check(|claims: &Claims| claims.scope.split(' ').any(|s| s == "orders:read"))
+                .build(),
+        )
+        .unwrap();
+    let jwt = vec![jwt].into_layer();
+    // jwt-authorizer 0.15 (the latest) is built on axum 0.7: its responses are axum 0.7 ones.
+    // The bodies are converted on both sides of it (`Body::new`, one small allocation each).
+    let handler = ServiceExt::<Request<Body>>::map_response(bare_router(), |r: Response<Body>| {
+        r.map(axum07::body::Body::new)
+    });
+    let authorized = ServiceExt::<Request<Body>>::map_response(
+        jwt.layer(handler),
+        |r: Response<axum07::body::Body>| r.map(Body::new),
+    );
+    governor.layer(authorized)
+}
+
+fn run<S, B>(rt: &tokio::runtime::Runtime, service: &S, request: Request<Body>, want: StatusCode)
+where
+    S: Service<Request<Body>, Response = Response<B>, Error = Infallible> + Clone,
+{
+    let status = rt.block_on(service.clone().oneshot(request)).unwrap().status();
+    debug_assert_eq!(status, want);
+}
+
+fn benches(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let token = token();
+    let mut group = c.benchmark_group("compare");
+
+    let bare = bare_router();
+    group.bench_function("bare", |b| b.iter(|| run(&rt, &bare, request(&token), StatusCode::OK)));
+
+    let generous = Quota::per_second(NonZeroU32::MAX);
+    let shield = ours(generous);
+    let peers = theirs(&rt, Duration::from_nanos(1), u32::MAX);
+    for _ in 0..2 {
+        // Sanity, in every build profile: both stacks accept the request.
+        run(&rt, &shield, request(&token), StatusCode::OK);
+        let status = rt.block_on(peers.clone().oneshot(request(&token))).unwrap().status();
+        assert_eq!(status, StatusCode::OK, "the peer stack must accept the bench request");
+    }
+    group.bench_function("ours_accepted", |b| {
+        b.iter(|| run(&rt, &shield, request(&token), StatusCode::OK))
+    });
+    group.bench_function("theirs_accepted", |b| {
+        b.iter(|| run(&rt, &peers, request(&token), StatusCode::OK))
+    });
+
+    // Exhausted per-IP limits: one request per hour, already spent.
+    let shield = ours(Quota::per_hour(NonZeroU32::MIN));
+    let peers = theirs(&rt, Duration::from_secs(3600), 1);
+    run(&rt, &shield, request(&token), StatusCode::OK);
+    run(&rt, &peers, request(&token), StatusCode::OK);
+    let status = rt.block_on(peers.clone().oneshot(request(&token))).unwrap().status();
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    group.bench_function("ours_429", |b| {
+        b.iter(|| run(&rt, &shield, request(&token), StatusCode::TOO_MANY_REQUESTS))
+    });
+    group.bench_function("theirs_429", |b| {
+        b.iter(|| run(&rt, &peers, request(&token), StatusCode::TOO_MANY_REQUESTS))
+    });
+
+    // The per-IP limits alone over the bare handler: the 429 path against the accepted one.
+    let ip_only =
+        |quota: Quota| tower_shield::rate_limit::RateLimitLayer::per_ip(quota).layer(bare_router());
+    let governor_only = |per: Duration, burst: u32| {
+        let config =
+            GovernorConfigBuilder::default().period(per).burst_size(burst).finish().unwrap();
+        GovernorLayer::new(config).layer(bare_router())
+    };
+    let shield = ip_only(Quota::per_second(NonZeroU32::MAX));
+    let peers = governor_only(Duration::from_nanos(1), u32::MAX);
+    group.bench_function("ours_ip_limit_accepted", |b| {
+        b.iter(|| run(&rt, &shield, request(&token), StatusCode::OK))
+    });
+    group.bench_function("governor_accepted", |b| {
+        b.iter(|| run(&rt, &peers, request(&token), StatusCode::OK))
+    });
+    let shield = ip_only(Quota::per_hour(NonZeroU32::MIN));
+    let peers = governor_only(Duration::from_secs(3600), 1);
+    run(&rt, &shield, request(&token), StatusCode::OK);
+    run(&rt, &peers, request(&token), StatusCode::OK);
+    group.bench_function("ours_ip_limit_429", |b| {
+        b.iter(|| run(&rt, &shield, request(&token), StatusCode::TOO_MANY_REQUESTS))
+    });
+    group.bench_function("governor_429", |b| {
+        b.iter(|| run(&rt, &peers, request(&token), StatusCode::TOO_MANY_REQUESTS))
+    });
+    group.finish();
+}
+
+/// Where criterion writes its estimates: `CRITERION_HOME`, else `<target>/criterion`.
+fn criterion_home() -> Option<PathBuf> {
+    if let Some(home) = std::env::var_os("CRITERION_HOME") {
+        return Some(home.into());
+    }
+    if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
+        return Some(PathBuf::from(target).join("criterion"));
+    }
+    let exe = std::env::current_exe().ok()?;
+    Some(exe.parent()?.parent()?.parent()?.join("criterion"))
+}
+
+/// The median of `compare/<id>` in nanoseconds, if this process measured it.
+fn median(home: &std::path::Path, started: SystemTime, id: &str) -> Option<f64> {
+    let path = home.join("compare").join(id).join("new").join("estimates.json");
+    if std::fs::metadata(&path).ok()?.modified().ok()? < started {
+        return None;
+    }
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    json["median"]["point_estimate"].as_f64()
+}
+
+fn summary(started: SystemTime) {
+    let Some(home) = criterion_home() else { return };
+    let get = |id| median(&home, started, id);
+    let us = |ns: f64| format!("{:.2} µs", ns / 1000.0);
+    println!("\nComparison (medians of this run):");
+    if let (Some(bare), Some(ours), Some(theirs)) =
+        (get("bare"), get("ours_accepted"), get("theirs_accepted"))
+    {
+        let (o, t) = (ours - bare, theirs - bare);
+        println!("  bare axum                        {}", us(bare));
+        println!("  overhead over bare: ours {} , theirs {}", us(o), us(t));
+        println!(
+            "  ours is {:.2}x cheaper than tower_governor + jwt-authorizer (target >= 2.5x: {})",
+            t / o,
+            if t >= 2.5 * o { "met" } else { "NOT MET" }
+        );
+        println!("  ours overhead <= 2 µs: {}", if o <= 2000.0 { "met" } else { "NOT MET" });
+        if let (Some(o429), Some(t429)) = (get("ours_429"), get("theirs_429")) {
+            println!(
+                "  429 / accepted, whole request: ours {} / {} = {:.2}x, theirs {} / {} = {:.2}x",
+                us(o429),
+                us(ours),
+                o429 / ours,
+                us(t429),
+                us(theirs),
+                t429 / theirs
+            );
+            println!(
+                "  429 / accepted, overhead over bare: ours {:.2}x, theirs {:.2}x",
+                (o429 - bare) / o,
+                (t429 - bare) / t
+            );
+        }
+    } else {
+        println!("  (run all of `compare` to get the ratios)");
+    }
+    if let (Some(bare), Some(oa), Some(or), Some(ga), Some(gr)) = (
+        get("bare"),
+        get("ours_ip_limit_accepted"),
+        get("ours_ip_limit_429"),
+        get("governor_accepted"),
+        get("governor_429"),
+    ) {
+        println!(
+            "  per-IP limit alone, whole request (bare {}): ours accepted {} 429 {} ({:.2}x), \
+             tower_governor accepted {} 429 {} ({:.2}x)",
+            us(bare),
+            us(oa),
+            us(or),
+            or / oa,
+            us(ga),
+            us(gr),
+            gr / ga
+        );
+    }
+}
+
+fn main() {
+    let started = SystemTime::now();
+    let mut criterion = Criterion::default().configure_from_args();
+    benches(&mut criterion);
+    criterion.final_summary();
+    summary(started);
+}
