@@ -766,10 +766,11 @@ mod tonic_impl {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const ALL: [ErrorKind; 16] = [
+    /// Every kind, for tests that walk them all (the envelope's too).
+    pub(crate) const ALL: [ErrorKind; 16] = [
         ErrorKind::Unauthenticated,
         ErrorKind::InvalidToken,
         ErrorKind::Forbidden,

@@ -13,24 +13,7 @@ use crate::{
     Error, ErrorKind,
 };
 
-const ALL_KINDS: [ErrorKind; 16] = [
-    ErrorKind::Unauthenticated,
-    ErrorKind::InvalidToken,
-    ErrorKind::Forbidden,
-    ErrorKind::StepUpRequired,
-    ErrorKind::RateLimited,
-    ErrorKind::InvalidRequest,
-    ErrorKind::PayloadTooLarge,
-    ErrorKind::UnsupportedMediaType,
-    ErrorKind::IdempotencyKeyMissing,
-    ErrorKind::IdempotencyKeyInUse,
-    ErrorKind::IdempotencyKeyReused,
-    ErrorKind::NotFound,
-    ErrorKind::MethodNotAllowed,
-    ErrorKind::ServiceUnavailable,
-    ErrorKind::Internal,
-    ErrorKind::Other,
-];
+use crate::error::tests::ALL as ALL_KINDS;
 
 /// Expected (status, code, grpc-status) per kind.
 fn expected(kind: ErrorKind) -> (u16, &'static str, &'static str) {
