@@ -371,10 +371,18 @@ impl Challenge {
 
     /// The header value. Characters that cannot appear in a quoted string are dropped.
     pub fn to_header_value(&self) -> HeaderValue {
-        let mut out = String::with_capacity(64);
+        let mut out = String::with_capacity(self.len_hint());
         self.write_to(&mut out);
         HeaderValue::from_maybe_shared(bytes::Bytes::from(out))
             .unwrap_or_else(|_| HeaderValue::from_static("Bearer"))
+    }
+
+    /// The length of the header text when no value needs escaping, so that it is written
+    /// without reallocating.
+    fn len_hint(&self) -> usize {
+        self.params
+            .iter()
+            .fold(self.scheme.len(), |len, (name, value)| len + name.len() + value.len() + 5)
     }
 
     /// The header text, written without `core::fmt` (every 401 and 403 renders one).
@@ -384,6 +392,14 @@ impl Challenge {
             out.push_str(if i == 0 { " " } else { ", " });
             out.push_str(name);
             out.push_str("=\"");
+            // Most values (realms, error codes, scopes) need neither escaping nor dropping.
+            if value.bytes().all(|b| {
+                (b == b' ' || b == b'\t' || (b'!'..=b'~').contains(&b)) && b != b'"' && b != b'\\'
+            }) {
+                out.push_str(value);
+                out.push('"');
+                continue;
+            }
             for c in value.chars() {
                 match c {
                     '"' | '\\' => {
@@ -585,6 +601,26 @@ impl Error {
             #[serde(skip_serializing_if = "<[_]>::is_empty")]
             details: &'a [Detail],
         }
+        let (code, message) = (self.code(), self.message());
+        if self.details().is_empty()
+            && json_plain(code)
+            && json_plain(message)
+            && request_id.is_none_or(json_plain)
+        {
+            // The common case, without serde: the same bytes as `serde_json::to_vec` below.
+            let len = 32 + code.len() + message.len() + request_id.map_or(0, |id| 16 + id.len());
+            let mut body = Vec::with_capacity(len);
+            body.extend_from_slice(b"{\"code\":\"");
+            body.extend_from_slice(code.as_bytes());
+            body.extend_from_slice(b"\",\"message\":\"");
+            body.extend_from_slice(message.as_bytes());
+            if let Some(id) = request_id {
+                body.extend_from_slice(b"\",\"request_id\":\"");
+                body.extend_from_slice(id.as_bytes());
+            }
+            body.extend_from_slice(b"\"}");
+            return body;
+        }
         // Serializing strings cannot fail.
         serde_json::to_vec(&JsonBody {
             code: self.code(),
@@ -594,6 +630,12 @@ impl Error {
         })
         .unwrap_or_default()
     }
+}
+
+/// Whether `serde_json` writes `s` as is between quotes: no `"`, `\\` or control character.
+#[cfg(any(feature = "envelope", feature = "axum"))]
+fn json_plain(s: &str) -> bool {
+    !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20)
 }
 
 /// `Retry-After` in delay-seconds, rounded up, at least 1 for any non-zero wait.
@@ -872,5 +914,38 @@ pub(crate) mod tests {
         assert_eq!(GrpcCode::Ok.header_value(), "0");
         assert_eq!(ErrorKind::RateLimited.grpc_code(), GrpcCode::ResourceExhausted);
         assert_eq!(ErrorKind::Forbidden.grpc_code(), GrpcCode::PermissionDenied);
+    }
+
+    /// The hand-written JSON body is byte for byte what serde writes, escaping included.
+    #[cfg(any(feature = "envelope", feature = "axum"))]
+    #[test]
+    fn json_body_matches_serde() {
+        let quoted = |s: &str| serde_json::to_string(s).unwrap();
+        let statuses = (400..600).filter_map(|s| StatusCode::from_u16(s).ok());
+        let errors = ALL.into_iter().map(Error::new).chain(statuses.map(Error::from_status));
+        for error in errors {
+            for id in [None, Some("5e1f0c1a-3f1e-4a5b"), Some("a.b_c"), Some("q\"\\\n")] {
+                let id_part =
+                    id.map_or(String::new(), |id| format!(",\"request_id\":{}", quoted(id)));
+                let expected = format!(
+                    "{{\"code\":{},\"message\":{}{id_part}}}",
+                    quoted(error.code()),
+                    quoted(error.message()),
+                );
+                assert_eq!(String::from_utf8(error.json_body(id)).unwrap(), expected);
+            }
+        }
+        let detailed = Error::new(ErrorKind::InvalidRequest).with_detail(Detail::new("a", "b"));
+        assert!(String::from_utf8(detailed.json_body(None)).unwrap().contains("\"details\":["));
+    }
+
+    #[test]
+    fn challenge_escapes_and_drops_like_before() {
+        let challenge = Challenge::bearer("r\"e\\a l\u{e9}m\n").with_error("invalid_token");
+        assert_eq!(
+            challenge.to_header_value(),
+            r#"Bearer realm="r\"e\\a lm", error="invalid_token""#
+        );
+        assert_eq!(challenge.to_string(), r#"Bearer realm="r\"e\\a lm", error="invalid_token""#);
     }
 }
