@@ -30,7 +30,12 @@
 //! assert!(response.extensions().get::<Error>().is_some());
 //! ```
 
-use std::{borrow::Cow, fmt, sync::Arc, time::Duration};
+use std::{
+    borrow::Cow,
+    fmt,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use http::{header, HeaderValue, Response, StatusCode};
 use serde::Serialize;
@@ -326,10 +331,30 @@ impl Detail {
 ///     r#"Bearer realm="orders", error="insufficient_scope", scope="orders:write""#,
 /// );
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Challenge {
     scheme: Cow<'static, str>,
     params: Vec<(Cow<'static, str>, Cow<'static, str>)>,
+    /// The header value, rendered once: the envelope writes it again for every rejection
+    /// that carries this challenge (or a clone of it). Reset by every change.
+    rendered: OnceLock<HeaderValue>,
+}
+
+impl PartialEq for Challenge {
+    fn eq(&self, other: &Self) -> bool {
+        self.scheme == other.scheme && self.params == other.params
+    }
+}
+
+impl Eq for Challenge {}
+
+impl fmt::Debug for Challenge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Challenge")
+            .field("scheme", &self.scheme)
+            .field("params", &self.params)
+            .finish()
+    }
 }
 
 impl Challenge {
@@ -340,7 +365,7 @@ impl Challenge {
 
     /// A challenge with another scheme, e.g. `ApiKey`.
     pub fn new(scheme: impl Into<Cow<'static, str>>) -> Self {
-        Self { scheme: scheme.into(), params: Vec::new() }
+        Self { scheme: scheme.into(), params: Vec::new(), rendered: OnceLock::new() }
     }
 
     /// Adds the `error` parameter (`invalid_request`, `invalid_token`, `insufficient_scope`,
@@ -356,6 +381,7 @@ impl Challenge {
         value: impl Into<Cow<'static, str>>,
     ) -> Self {
         self.params.push((name.into(), value.into()));
+        self.rendered = OnceLock::new();
         self
     }
 
@@ -371,6 +397,10 @@ impl Challenge {
 
     /// The header value. Characters that cannot appear in a quoted string are dropped.
     pub fn to_header_value(&self) -> HeaderValue {
+        self.rendered.get_or_init(|| self.render()).clone()
+    }
+
+    fn render(&self) -> HeaderValue {
         let mut out = String::with_capacity(self.len_hint());
         self.write_to(&mut out);
         HeaderValue::from_maybe_shared(bytes::Bytes::from(out))
@@ -574,6 +604,16 @@ impl Error {
         *response.status_mut() = self.status();
         self.write_headers(response.headers_mut());
         response.extensions_mut().insert(self.clone());
+        response
+    }
+
+    /// [`Error::to_response`] for an error the caller no longer needs: no clone.
+    #[cfg(any(feature = "auth", feature = "rate-limit"))]
+    pub(crate) fn into_response<B: Default>(self) -> Response<B> {
+        let mut response = Response::new(B::default());
+        *response.status_mut() = self.status();
+        self.write_headers(response.headers_mut());
+        response.extensions_mut().insert(self);
         response
     }
 
@@ -947,5 +987,21 @@ pub(crate) mod tests {
             r#"Bearer realm="r\"e\\a lm", error="invalid_token""#
         );
         assert_eq!(challenge.to_string(), r#"Bearer realm="r\"e\\a lm", error="invalid_token""#);
+    }
+
+    #[test]
+    fn challenge_rendering_is_cached_until_changed() {
+        let challenge = Challenge::bearer("api");
+        assert_eq!(challenge.to_header_value(), r#"Bearer realm="api""#);
+        let copy = challenge.clone();
+        assert_eq!(copy.to_header_value(), r#"Bearer realm="api""#);
+        let changed = challenge.with_error("invalid_token");
+        assert_eq!(changed.to_header_value(), r#"Bearer realm="api", error="invalid_token""#);
+        assert_eq!(changed, Challenge::bearer("api").with_error("invalid_token"));
+        assert_ne!(changed, copy);
+        assert_eq!(
+            format!("{copy:?}"),
+            r#"Challenge { scheme: "Bearer", params: [("realm", "api")] }"#
+        );
     }
 }
