@@ -100,7 +100,7 @@ where
                             let error = finish_rejection(&config, error);
                             log_failure(&error, Some(method), request.extensions());
                             this.state.set(State::Rejected { response: None });
-                            return Poll::Ready(Ok(error.to_response()));
+                            return Poll::Ready(Ok(error.into_response()));
                         }
                     }
                 }

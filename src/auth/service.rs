@@ -63,7 +63,7 @@ where
                     .with_reason(reason)
                     .with_challenge(config.challenge().with_error("invalid_request"));
                 log_failure(&error, None, request.extensions());
-                return ResponseFuture::rejected(error.to_response());
+                return ResponseFuture::rejected(error.into_response());
             }
             Ok(auth_request) => decide(config, &auth_request),
         };
@@ -81,7 +81,7 @@ where
             Decision::Rejected(error, method) => {
                 let error = finish_rejection(config, error);
                 log_failure(&error, method, request.extensions());
-                ResponseFuture::rejected(error.to_response())
+                ResponseFuture::rejected(error.into_response())
             }
             Decision::Pending(future, method) => {
                 // The ready service goes into the future; a fresh clone stays here.

@@ -112,7 +112,7 @@ where
                                 &ctx.shared.kind,
                                 "error",
                             );
-                            Some(error.to_response())
+                            Some(error.into_response())
                         }
                         Ok(decision) if !decision.is_allowed() => {
                             Some(reject(&ctx.shared, &ctx.limits, &decision, &request))
@@ -282,7 +282,7 @@ fn reject<B, ResBody: Default>(
     let mut response = Error::new(ErrorKind::RateLimited)
         .with_reason("rate-limit quota exhausted")
         .with_retry_after(decision.retry_after())
-        .to_response();
+        .into_response();
     write_headers(response.headers_mut(), shared, limits, decision);
     response
 }
@@ -315,7 +315,7 @@ pub(crate) fn reject_too_costly<ResBody: Default>(
     );
     Error::new(ErrorKind::RateLimited)
         .with_reason("request cost exceeds the quota burst")
-        .to_response()
+        .into_response()
 }
 
 /// 500 for a request without a key under [`MissingKey::Reject`](super::MissingKey::Reject).
@@ -325,5 +325,5 @@ pub(crate) fn reject_missing_key<ResBody: Default>(kind: &str) -> Response<ResBo
         key_kind = kind,
         "no rate-limit key in the request (is the layer in the right place?); answered 500"
     );
-    Error::internal("rate-limit key missing").to_response()
+    Error::internal("rate-limit key missing").into_response()
 }
