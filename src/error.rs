@@ -331,8 +331,16 @@ impl Detail {
 ///     r#"Bearer realm="orders", error="insufficient_scope", scope="orders:write""#,
 /// );
 /// ```
+///
+/// Cheap to clone (shared); its header value is rendered once, on first use, and shared by
+/// its clones.
 #[derive(Clone)]
 pub struct Challenge {
+    inner: Arc<ChallengeInner>,
+}
+
+#[derive(Clone)]
+struct ChallengeInner {
     scheme: Cow<'static, str>,
     params: Vec<(Cow<'static, str>, Cow<'static, str>)>,
     /// The header value, rendered once: the envelope writes it again for every rejection
@@ -342,7 +350,7 @@ pub struct Challenge {
 
 impl PartialEq for Challenge {
     fn eq(&self, other: &Self) -> bool {
-        self.scheme == other.scheme && self.params == other.params
+        self.inner.scheme == other.inner.scheme && self.inner.params == other.inner.params
     }
 }
 
@@ -351,8 +359,8 @@ impl Eq for Challenge {}
 impl fmt::Debug for Challenge {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Challenge")
-            .field("scheme", &self.scheme)
-            .field("params", &self.params)
+            .field("scheme", &self.inner.scheme)
+            .field("params", &self.inner.params)
             .finish()
     }
 }
@@ -365,7 +373,13 @@ impl Challenge {
 
     /// A challenge with another scheme, e.g. `ApiKey`.
     pub fn new(scheme: impl Into<Cow<'static, str>>) -> Self {
-        Self { scheme: scheme.into(), params: Vec::new(), rendered: OnceLock::new() }
+        Self {
+            inner: Arc::new(ChallengeInner {
+                scheme: scheme.into(),
+                params: Vec::new(),
+                rendered: OnceLock::new(),
+            }),
+        }
     }
 
     /// Adds the `error` parameter (`invalid_request`, `invalid_token`, `insufficient_scope`,
@@ -380,24 +394,25 @@ impl Challenge {
         name: impl Into<Cow<'static, str>>,
         value: impl Into<Cow<'static, str>>,
     ) -> Self {
-        self.params.push((name.into(), value.into()));
-        self.rendered = OnceLock::new();
+        let inner = Arc::make_mut(&mut self.inner);
+        inner.params.push((name.into(), value.into()));
+        inner.rendered = OnceLock::new();
         self
     }
 
     /// The scheme, e.g. `Bearer`.
     pub fn scheme(&self) -> &str {
-        &self.scheme
+        &self.inner.scheme
     }
 
     /// The value of a parameter, if present.
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_ref())
+        self.inner.params.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_ref())
     }
 
     /// The header value. Characters that cannot appear in a quoted string are dropped.
     pub fn to_header_value(&self) -> HeaderValue {
-        self.rendered.get_or_init(|| self.render()).clone()
+        self.inner.rendered.get_or_init(|| self.render()).clone()
     }
 
     fn render(&self) -> HeaderValue {
@@ -410,15 +425,16 @@ impl Challenge {
     /// The length of the header text when no value needs escaping, so that it is written
     /// without reallocating.
     fn len_hint(&self) -> usize {
-        self.params
+        self.inner
+            .params
             .iter()
-            .fold(self.scheme.len(), |len, (name, value)| len + name.len() + value.len() + 5)
+            .fold(self.inner.scheme.len(), |len, (name, value)| len + name.len() + value.len() + 5)
     }
 
     /// The header text, written without `core::fmt` (every 401 and 403 renders one).
     fn write_to(&self, out: &mut String) {
-        out.push_str(&self.scheme);
-        for (i, (name, value)) in self.params.iter().enumerate() {
+        out.push_str(&self.inner.scheme);
+        for (i, (name, value)) in self.inner.params.iter().enumerate() {
             out.push_str(if i == 0 { " " } else { ", " });
             out.push_str(name);
             out.push_str("=\"");

@@ -29,6 +29,9 @@ pub(crate) struct Config {
     pub(crate) public: PublicRoutes,
     pub(crate) optional: bool,
     pub(crate) sensitive_headers: Vec<HeaderName>,
+    /// The 401 challenges for `realm`, rendered once: without `error`, with
+    /// `error="invalid_token"`, with `error="invalid_request"`.
+    challenges: [Challenge; 3],
 }
 
 impl AuthLayer {
@@ -43,6 +46,7 @@ impl AuthLayer {
         Self {
             config: Arc::new(Config {
                 authenticators: vec![authenticator],
+                challenges: challenges(&Cow::Borrowed("api")),
                 realm: Cow::Borrowed("api"),
                 public: PublicRoutes::default(),
                 optional: false,
@@ -66,7 +70,9 @@ impl AuthLayer {
 
     /// The realm of the `WWW-Authenticate` challenge (default `"api"`).
     pub fn realm(mut self, realm: impl Into<Cow<'static, str>>) -> Self {
-        Arc::make_mut(&mut self.config).realm = realm.into();
+        let config = Arc::make_mut(&mut self.config);
+        config.realm = realm.into();
+        config.challenges = challenges(&config.realm);
         self
     }
 
@@ -96,9 +102,31 @@ impl AuthLayer {
 }
 
 impl Config {
-    pub(crate) fn challenge(&self) -> Challenge {
-        Challenge::bearer(self.realm.clone())
+    /// The `Bearer` challenge for the realm, with the `error` parameter if given (one of
+    /// `invalid_token`, `invalid_request`).
+    pub(crate) fn challenge(&self, error: Option<&'static str>) -> Challenge {
+        let [plain, invalid_token, invalid_request] = &self.challenges;
+        match error {
+            None => plain.clone(),
+            Some("invalid_token") => invalid_token.clone(),
+            Some("invalid_request") => invalid_request.clone(),
+            Some(error) => plain.clone().with_error(error),
+        }
     }
+}
+
+/// The three 401 challenges of `realm`, their header values rendered now.
+fn challenges(realm: &Cow<'static, str>) -> [Challenge; 3] {
+    let plain = Challenge::bearer(realm.clone());
+    let challenges = [
+        plain.clone(),
+        plain.clone().with_error("invalid_token"),
+        plain.with_error("invalid_request"),
+    ];
+    for challenge in &challenges {
+        let _ = challenge.to_header_value();
+    }
+    challenges
 }
 
 impl fmt::Debug for AuthLayer {

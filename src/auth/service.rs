@@ -61,7 +61,7 @@ where
             Err(reason) => {
                 let error = Error::new(ErrorKind::InvalidRequest)
                     .with_reason(reason)
-                    .with_challenge(config.challenge().with_error("invalid_request"));
+                    .with_challenge(config.challenge(Some("invalid_request")));
                 log_failure(&error, None, request.extensions());
                 return ResponseFuture::rejected(error.into_response());
             }
@@ -133,12 +133,10 @@ pub(crate) fn finish_rejection(config: &Config, error: Error) -> Error {
         return error;
     }
     match error.kind() {
-        ErrorKind::Unauthenticated => error.with_challenge(config.challenge()),
-        ErrorKind::InvalidToken => {
-            error.with_challenge(config.challenge().with_error("invalid_token"))
-        }
+        ErrorKind::Unauthenticated => error.with_challenge(config.challenge(None)),
+        ErrorKind::InvalidToken => error.with_challenge(config.challenge(Some("invalid_token"))),
         ErrorKind::InvalidRequest => {
-            error.with_challenge(config.challenge().with_error("invalid_request"))
+            error.with_challenge(config.challenge(Some("invalid_request")))
         }
         _ => error,
     }
