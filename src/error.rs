@@ -618,6 +618,7 @@ impl Error {
     pub fn to_response<B: Default>(&self) -> Response<B> {
         let mut response = Response::new(B::default());
         *response.status_mut() = self.status();
+        *response.headers_mut() = rejection_headers();
         self.write_headers(response.headers_mut());
         response.extensions_mut().insert(self.clone());
         response
@@ -628,6 +629,7 @@ impl Error {
     pub(crate) fn into_response<B: Default>(self) -> Response<B> {
         let mut response = Response::new(B::default());
         *response.status_mut() = self.status();
+        *response.headers_mut() = rejection_headers();
         self.write_headers(response.headers_mut());
         response.extensions_mut().insert(self);
         response
@@ -686,6 +688,13 @@ impl Error {
         })
         .unwrap_or_default()
     }
+}
+
+/// An empty header map for a rejection, sized for the headers the layers and the envelope
+/// add on its way out (rate limits, request id, content type and length, `nosniff`), so that
+/// it is allocated once instead of grown.
+pub(crate) fn rejection_headers() -> http::HeaderMap {
+    http::HeaderMap::with_capacity(12)
 }
 
 /// Whether `serde_json` writes `s` as is between quotes: no `"`, `\\` or control character.

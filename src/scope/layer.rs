@@ -90,6 +90,7 @@ impl Rejection {
     pub(crate) fn response<B: Default>(&self) -> Response<B> {
         let mut response = Response::new(B::default());
         *response.status_mut() = self.error.status();
+        *response.headers_mut() = crate::error::rejection_headers();
         if let Some(challenge) = &self.challenge {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge.clone());
         }
