@@ -137,14 +137,14 @@ where
         this.state.set(State::Done);
         let envelope = this.cx.take().expect("context is taken only once");
         let started = envelope.started;
+        // The route label is built once, when it is known whether a service answered.
         #[cfg(feature = "metrics")]
-        let mut metric = Metric::new(&envelope);
+        let metric = Metric::new(
+            &envelope,
+            matches!(&outcome, Some(Ok(response)) if Metric::served(response)),
+        );
         let response = match outcome {
-            Some(Ok(response)) => {
-                #[cfg(feature = "metrics")]
-                metric.served(&envelope, &response);
-                envelope.finish(response)
-            }
+            Some(Ok(response)) => envelope.finish(response),
             Some(Err(error)) => return Poll::Ready(Err(error)),
             None => {
                 // The payload is not logged: a panic message may hold anything, secrets
@@ -187,17 +187,15 @@ struct Metric {
 
 #[cfg(feature = "metrics")]
 impl Metric {
-    fn new<M, R>(cx: &Ctx<M, R>) -> Self {
-        // Until a response says otherwise (a panic): the template if known, never a gRPC path.
-        Self { route: cx.route.label(&cx.uri, false), method: method_label(&cx.method) }
+    /// `served`: a service answered (no error, no gRPC `UNIMPLEMENTED`); a panic or a
+    /// rejection keeps the template if known, never a gRPC path.
+    fn new<M, R>(cx: &Ctx<M, R>, served: bool) -> Self {
+        Self { route: cx.route.label(&cx.uri, served), method: method_label(&cx.method) }
     }
 
-    fn served<M, R, B>(&mut self, cx: &Ctx<M, R>, response: &Response<B>) {
-        let served = response.extensions().get::<Error>().is_none()
-            && response.headers().get("grpc-status").is_none_or(|s| s != "12");
-        if served {
-            self.route = cx.route.label(&cx.uri, true);
-        }
+    fn served<B>(response: &Response<B>) -> bool {
+        response.extensions().get::<Error>().is_none()
+            && response.headers().get("grpc-status").is_none_or(|s| s != "12")
     }
 
     fn record(self, status: StatusCode, elapsed: std::time::Duration) {
