@@ -154,8 +154,9 @@ where
                     request_id = %envelope.request_id,
                     "inner service panicked; answered 500"
                 );
-                let (parts, ()) = Response::new(()).into_parts();
-                envelope.render(Error::internal("inner service panicked"), parts)
+                let (mut parts, ()) = Response::new(()).into_parts();
+                parts.extensions.insert(Error::internal("inner service panicked"));
+                envelope.render(parts)
             }
         };
         let elapsed = started.map(|started| started.elapsed());
@@ -252,37 +253,36 @@ const STRIPPED: [HeaderName; 7] = [
 impl<M, R: Render> Ctx<M, R> {
     fn finish<B: Body<Data = Bytes>>(self, response: Response<B>) -> Response<ResponseBody<B>> {
         let (mut parts, body) = response.into_parts();
-        let error = match parts.extensions.remove::<Error>() {
-            Some(error) => error,
-            None => {
-                let status = parts.status;
-                let passes = !(status.is_client_error() || status.is_server_error())
-                    || (status.is_client_error()
-                        && self.config.keep_client_error_bodies
-                        && !self.grpc
-                        && !body.is_end_stream()
-                        && body.size_hint().exact() != Some(0));
-                if passes {
-                    parts.headers.insert(
-                        self.config.header_name.clone(),
-                        self.request_id.header_value().clone(),
-                    );
-                    return Response::from_parts(parts, ResponseBody::inner(body));
-                }
-                if status.is_server_error() {
-                    tracing::error!(
-                        target: "tower_shield::envelope",
-                        status = status.as_u16(),
-                        "inner service answered a server error; its body was replaced"
-                    );
-                }
-                Error::from_status(status)
+        if parts.extensions.get::<Error>().is_none() {
+            let status = parts.status;
+            let passes = !(status.is_client_error() || status.is_server_error())
+                || (status.is_client_error()
+                    && self.config.keep_client_error_bodies
+                    && !self.grpc
+                    && !body.is_end_stream()
+                    && body.size_hint().exact() != Some(0));
+            if passes {
+                parts.headers.insert(
+                    self.config.header_name.clone(),
+                    self.request_id.header_value().clone(),
+                );
+                return Response::from_parts(parts, ResponseBody::inner(body));
             }
-        };
-        self.render(error, parts)
+            if status.is_server_error() {
+                tracing::error!(
+                    target: "tower_shield::envelope",
+                    status = status.as_u16(),
+                    "inner service answered a server error; its body was replaced"
+                );
+            }
+            parts.extensions.insert(Error::from_status(status));
+        }
+        self.render(parts)
     }
 
-    fn render<B>(self, error: Error, mut parts: Parts) -> Response<ResponseBody<B>> {
+    /// Renders the [`Error`] in `parts`' extensions, which stays there for outer layers.
+    fn render<B>(self, mut parts: Parts) -> Response<ResponseBody<B>> {
+        let error = parts.extensions.get::<Error>().expect("the caller put the error there");
         tracing::debug!(
             target: "tower_shield::envelope",
             code = error.code(),
@@ -317,7 +317,7 @@ impl<M, R: Render> Ctx<M, R> {
         } else {
             parts.status = error.status();
             let rendered = self.config.render.render(
-                &error,
+                error,
                 &RenderContext {
                     request_id: &self.request_id,
                     format: self.format,
@@ -329,7 +329,6 @@ impl<M, R: Render> Ctx<M, R> {
             headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
             rendered.body
         };
-        parts.extensions.insert(error);
         Response::from_parts(parts, ResponseBody::full(body))
     }
 }
