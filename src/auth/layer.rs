@@ -46,7 +46,7 @@ impl AuthLayer {
         Self {
             config: Arc::new(Config {
                 authenticators: vec![authenticator],
-                challenges: challenges(&Cow::Borrowed("api")),
+                challenges: challenges(Cow::Borrowed("api")),
                 realm: Cow::Borrowed("api"),
                 public: PublicRoutes::default(),
                 optional: false,
@@ -72,7 +72,7 @@ impl AuthLayer {
     pub fn realm(mut self, realm: impl Into<Cow<'static, str>>) -> Self {
         let config = Arc::make_mut(&mut self.config);
         config.realm = realm.into();
-        config.challenges = challenges(&config.realm);
+        config.challenges = challenges(config.realm.clone());
         self
     }
 
@@ -116,8 +116,8 @@ impl Config {
 }
 
 /// The three 401 challenges of `realm`, their header values rendered now.
-fn challenges(realm: &Cow<'static, str>) -> [Challenge; 3] {
-    let plain = Challenge::bearer(realm.clone());
+fn challenges(realm: Cow<'static, str>) -> [Challenge; 3] {
+    let plain = Challenge::bearer(realm);
     let challenges = [
         plain.clone(),
         plain.clone().with_error("invalid_token"),
