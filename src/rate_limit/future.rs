@@ -237,18 +237,22 @@ pub(crate) fn write_headers(
 /// `"name";r=<remaining>;t=<seconds>`.
 pub(crate) fn ratelimit_value(limits: &Limits, decision: &Decision) -> HeaderValue {
     let prefix = &limits.inner.prefix[decision.quota_index()];
-    let mut buf = Vec::with_capacity(prefix.len() + 48);
+    let (mut remaining, mut reset) = ([0; 20], [0; 20]);
+    let remaining = decimal(decision.remaining(), &mut remaining);
+    let reset = decimal(ceil_secs(decision.reset()), &mut reset);
+    // Exactly sized: a full `Vec` becomes `Bytes` without a second allocation.
+    let mut buf = Vec::with_capacity(prefix.len() + remaining.len() + 3 + reset.len());
     buf.extend_from_slice(prefix.as_bytes());
-    push_decimal(&mut buf, decision.remaining());
+    buf.extend_from_slice(remaining);
     buf.extend_from_slice(b";t=");
-    push_decimal(&mut buf, ceil_secs(decision.reset()));
+    buf.extend_from_slice(reset);
     HeaderValue::from_maybe_shared(bytes::Bytes::from(buf))
         .unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-/// Appends `n` in decimal (on every response: cheaper than `core::fmt`).
-fn push_decimal(buf: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
+/// `n` in decimal, written at the end of `digits` (on every response: cheaper than
+/// `core::fmt`).
+fn decimal(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
     let mut start = digits.len();
     loop {
         start -= 1;
@@ -258,7 +262,7 @@ fn push_decimal(buf: &mut Vec<u8>, mut n: u64) {
             break;
         }
     }
-    buf.extend_from_slice(&digits[start..]);
+    &digits[start..]
 }
 
 /// The 429 for a rejected decision, with its headers and the security event.
@@ -326,4 +330,16 @@ pub(crate) fn reject_missing_key<ResBody: Default>(kind: &str) -> Response<ResBo
         "no rate-limit key in the request (is the layer in the right place?); answered 500"
     );
     Error::internal("rate-limit key missing").into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decimal;
+
+    #[test]
+    fn decimal_writes_every_digit() {
+        for n in [0, 1, 9, 10, 99, 100, 999_999, 1_000_000, u64::MAX - 1, u64::MAX] {
+            assert_eq!(decimal(n, &mut [0; 20]), n.to_string().as_bytes());
+        }
+    }
 }
