@@ -103,11 +103,13 @@ impl Route {
 }
 
 impl<F, M, R> ResponseFuture<F, M, R> {
-    /// `future` is `None` when calling the inner service panicked.
-    pub(crate) fn new(future: Option<F>, cx: Ctx<M, R>, span: Span) -> Self {
-        let state = match future {
-            Some(future) => State::Future { future },
-            None => State::Panicked,
+    /// Calls the inner service through `call`; a panic there answers 500 when polled. The
+    /// future is built in its final place (no intermediate `Option` to move it through).
+    pub(crate) fn new(call: impl FnOnce() -> F, cx: Ctx<M, R>, span: Span) -> Self {
+        let state = {
+            let _entered = span.enter();
+            catch_unwind(AssertUnwindSafe(|| State::Future { future: call() }))
+                .unwrap_or(State::Panicked)
         };
         Self { state, cx: Some(cx), span }
     }

@@ -1,5 +1,4 @@
 use std::{
-    panic::{catch_unwind, AssertUnwindSafe},
     sync::Arc,
     task::{Context, Poll},
     time::Instant,
@@ -125,11 +124,7 @@ where
             started,
         };
 
-        let called = {
-            let _entered = span.enter();
-            catch_unwind(AssertUnwindSafe(|| self.inner.call(request)))
-        };
-        ResponseFuture::new(called.ok(), cx, span)
+        ResponseFuture::new(|| self.inner.call(request), cx, span)
     }
 }
 
