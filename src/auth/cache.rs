@@ -1,7 +1,10 @@
-use std::{sync::Arc, time::Duration};
+use std::{
+    hash::{Hash, Hasher},
+    sync::Arc,
+    time::Duration,
+};
 
-use quick_cache::sync::Cache;
-use sha2::{Digest, Sha256};
+use quick_cache::{sync::Cache, Equivalent};
 
 use crate::principal::Principal;
 
@@ -17,17 +20,67 @@ pub(crate) struct Verified {
     pub(crate) expires_at: std::time::SystemTime,
 }
 
-pub(crate) type TokenKey = [u8; 32];
+/// A cache key: the whole token, kept so a hit can be checked byte for byte.
+///
+/// Entries are found by quick_cache's keyed fast hash (randomly seeded per process), then the
+/// token is compared in full, in constant time: an entry is only ever returned for exactly the
+/// token that was verified. No digest is needed, so a cache hit costs no cryptographic hash.
+/// Only verified tokens are inserted, so a client cannot choose the keys that fill the table.
+struct TokenKey(Box<str>);
 
-/// SHA-256 of the whole token: a collision would let one token stand for another, so no fast
-/// non-cryptographic hash.
-pub(crate) fn token_key(token: &str) -> TokenKey {
-    Sha256::digest(token.as_bytes()).into()
+/// A token looked up by reference (no allocation per request).
+#[derive(Clone, Copy)]
+pub(crate) struct Token<'a>(pub(crate) &'a str);
+
+impl Hash for TokenKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl Hash for Token<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl PartialEq for TokenKey {
+    fn eq(&self, other: &Self) -> bool {
+        Token(&other.0).equivalent(self)
+    }
+}
+
+impl Eq for TokenKey {}
+
+impl Equivalent<TokenKey> for Token<'_> {
+    fn equivalent(&self, key: &TokenKey) -> bool {
+        constant_time_eq(self.0.as_bytes(), key.0.as_bytes())
+    }
+}
+
+/// Whether `a == b`, without an early exit on the first differing byte: the lengths are
+/// public (the token is in the request), the bytes are not. Eight bytes per step (`subtle`
+/// compares one byte per step, which costs more than the rest of a cache hit).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let (a_words, a_rest) = a.as_chunks::<8>();
+    let (b_words, b_rest) = b.as_chunks::<8>();
+    let mut diff = 0u64;
+    for (x, y) in a_words.iter().zip(b_words) {
+        diff |= u64::from_ne_bytes(*x) ^ u64::from_ne_bytes(*y);
+    }
+    for (x, y) in a_rest.iter().zip(b_rest) {
+        diff |= u64::from(x ^ y);
+    }
+    std::hint::black_box(diff) == 0
 }
 
 struct Entry {
     verified: Arc<Verified>,
-    /// Monotonic deadline of the cache entry (configured TTL).
+    /// When the entry expires (the configured TTL), as time since the Unix epoch: the same
+    /// clock as `exp`, so a lookup reads the clock once.
     cached_until: Duration,
 }
 
@@ -44,33 +97,47 @@ impl TokenCache {
         Self { cache: Cache::new(capacity.max(1)), ttl }
     }
 
-    /// The cached token, if its entry and the token itself are still valid at `now_unix` /
-    /// `now_mono`; a stale entry is removed.
-    pub(crate) fn get(
-        &self,
-        key: &TokenKey,
-        now_unix: u64,
-        now_mono: Duration,
-    ) -> Option<Arc<Verified>> {
-        let entry = self.cache.get(key)?;
-        if now_unix < entry.verified.valid_until && now_mono < entry.cached_until {
+    /// The cached token, if its entry and the token itself are still valid at `now` (time
+    /// since the Unix epoch); a stale entry is removed.
+    pub(crate) fn get(&self, token: Token<'_>, now: Duration) -> Option<Arc<Verified>> {
+        let entry = self.cache.get(&token)?;
+        if now.as_secs() < entry.verified.valid_until && now < entry.cached_until {
             Some(Arc::clone(&entry.verified))
         } else {
-            self.cache.remove(key);
+            self.cache.remove(&token);
             None
         }
     }
 
-    pub(crate) fn insert(&self, key: TokenKey, verified: Arc<Verified>, now_mono: Duration) {
-        let cached_until = now_mono.saturating_add(self.ttl);
-        self.cache.insert(key, Arc::new(Entry { verified, cached_until }));
+    pub(crate) fn insert(&self, token: Token<'_>, verified: Arc<Verified>, now: Duration) {
+        let cached_until = now.saturating_add(self.ttl);
+        self.cache.insert(TokenKey(token.0.into()), Arc::new(Entry { verified, cached_until }));
     }
 
-    pub(crate) fn remove(&self, key: &TokenKey) {
-        self.cache.remove(key);
+    pub(crate) fn remove(&self, token: Token<'_>) {
+        self.cache.remove(&token);
     }
 
     pub(crate) fn len(&self) -> usize {
         self.cache.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn constant_time_eq_compares_every_byte() {
+        let token = b"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl";
+        assert!(constant_time_eq(token, token));
+        assert!(constant_time_eq(b"", b""));
+        for i in 0..token.len() {
+            let mut other = *token;
+            other[i] ^= 1;
+            assert!(!constant_time_eq(token, &other), "byte {i}");
+        }
+        assert!(!constant_time_eq(token, &token[..token.len() - 1]));
+        assert!(!constant_time_eq(&token[..7], &token[1..8]));
     }
 }

@@ -33,9 +33,11 @@ pin_project! {
     where
         S: Service<Request<ReqBody>>,
     {
+        // Only while an authenticator awaits (JWKS fetch, introspection): the request and the
+        // ready service wait in a box, so the synchronous path's future stays small.
         Authenticating {
             future: BoxAuthFuture,
-            pending: Option<Pending<S, ReqBody>>,
+            pending: Option<Box<Pending<S, ReqBody>>>,
         },
         Inner { #[pin] future: S::Future },
         Rejected { response: Option<S::Response> },
@@ -68,7 +70,7 @@ impl<S: Service<Request<ReqBody>>, ReqBody> ResponseFuture<S, ReqBody> {
         Self {
             state: State::Authenticating {
                 future,
-                pending: Some(Pending { request, inner, method, config }),
+                pending: Some(Box::new(Pending { request, inner, method, config })),
             },
         }
     }
@@ -88,7 +90,7 @@ where
                 StateProj::Authenticating { future, pending } => {
                     let outcome = ready!(future.as_mut().poll(cx));
                     let Pending { mut request, mut inner, method, config } =
-                        pending.take().expect("ResponseFuture polled after completion");
+                        *pending.take().expect("ResponseFuture polled after completion");
                     match outcome {
                         Ok(principal) => {
                             log_success(&principal, method, request.extensions());

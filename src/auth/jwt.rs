@@ -22,8 +22,10 @@
 //!    configured audiences, and `sub` is a non-empty string.
 //! 7. The token is not revoked (with [`JwtBuilder::with_revocation`]).
 //!
-//! Verified tokens are cached (bounded, keyed by SHA-256 of the token, revocation-aware), so
-//! a repeated RS256 token costs about what an HS256 one does.
+//! Verified tokens are cached (bounded, revocation-aware), so a repeated RS256 token costs
+//! about what an HS256 one does. An entry keeps the token itself: a hit is a keyed hash
+//! lookup plus a constant-time comparison of the whole token, so exactly the verified token,
+//! and no other, finds it.
 //!
 //! # Example
 //!
@@ -55,8 +57,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::{
-    cache::{token_key, TokenCache, Verified},
-    revocation::{unix, Revocation, RevocationCheck, RevocationQuery},
+    cache::{Token, TokenCache, Verified},
+    revocation::{Revocation, RevocationCheck, RevocationQuery},
     AuthRequest, Authenticator, Verdict, VerifyingKey,
 };
 use crate::{
@@ -206,7 +208,7 @@ impl Jwt {
         let jti = verified.jti.as_deref().ok_or_else(|| invalid("jwt: token has no jti"))?;
         revocation.revoke_jti(jti, verified.expires_at).await?;
         if let Some(cache) = &self.inner.cache {
-            cache.remove(&token_key(token));
+            cache.remove(Token(token));
         }
         Ok(())
     }
@@ -376,6 +378,10 @@ impl JwtBuilder {
 
     /// Caches up to `capacity` verified tokens, each for at most `ttl` and never past its
     /// `exp` (default 10 000 tokens, 5 minutes).
+    ///
+    /// An entry holds the token (at most [`max_token_len`](JwtBuilder::max_token_len)) and
+    /// its [`Principal`](crate::Principal); only tokens that verified get in. The TTL is
+    /// measured on the clock `exp` is checked against.
     pub fn cache(mut self, capacity: usize, ttl: Duration) -> Self {
         self.cache = Some((capacity, ttl));
         self
@@ -568,11 +574,11 @@ fn check_revocation(inner: &Arc<Inner>, token: &str, verified: Arc<Verified>) ->
         RevocationCheck::Ready(Err(e)) => Verdict::Rejected(e),
         RevocationCheck::Pending(check) => {
             let inner = Arc::clone(inner);
-            let key = inner.cache.as_ref().map(|_| token_key(token));
+            let token: Option<Box<str>> = inner.cache.as_ref().map(|_| token.into());
             Verdict::Pending(Box::pin(async move {
                 if check.await? {
-                    if let (Some(cache), Some(key)) = (&inner.cache, key) {
-                        cache.remove(&key);
+                    if let (Some(cache), Some(token)) = (&inner.cache, token) {
+                        cache.remove(Token(&token));
                     }
                     return Err(invalid("jwt: token revoked"));
                 }
@@ -584,7 +590,7 @@ fn check_revocation(inner: &Arc<Inner>, token: &str, verified: Arc<Verified>) ->
 
 fn evict(inner: &Inner, token: &str) {
     if let Some(cache) = &inner.cache {
-        cache.remove(&token_key(token));
+        cache.remove(Token(token));
     }
 }
 
@@ -592,14 +598,11 @@ fn verify_signed(inner: &Inner, token: &str, allow_refresh: bool) -> Signed {
     if token.len() > inner.max_len {
         return Signed::Rejected(invalid("jwt: token longer than max_token_len"));
     }
-    let now = inner.clock.now();
-    let now_unix = unix(now);
-    let cache_key = inner.cache.as_ref().map(|cache| {
-        let key = token_key(token);
-        (cache, key)
-    });
-    if let Some((cache, key)) = &cache_key {
-        if let Some(verified) = cache.get(key, now_unix, inner.clock.monotonic()) {
+    // One clock read: the claims and the cache entry's TTL are both on the wall clock.
+    let now = inner.clock.now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now_unix = now.as_secs();
+    if let Some(cache) = &inner.cache {
+        if let Some(verified) = cache.get(Token(token), now) {
             return Signed::Verified(verified);
         }
     }
@@ -643,8 +646,8 @@ fn verify_signed(inner: &Inner, token: &str, allow_refresh: bool) -> Signed {
         Ok(verified) => Arc::new(verified),
         Err(reason) => return Signed::Rejected(invalid(reason)),
     };
-    if let Some((cache, key)) = cache_key {
-        cache.insert(key, Arc::clone(&verified), inner.clock.monotonic());
+    if let Some(cache) = &inner.cache {
+        cache.insert(Token(token), Arc::clone(&verified), now);
     }
     Signed::Verified(verified)
 }

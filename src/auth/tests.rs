@@ -870,6 +870,37 @@ fn cache_hits_and_expiry_follow_the_clock() {
 }
 
 #[test]
+fn only_the_exact_cached_token_hits_the_cache() {
+    let clock = FakeClock::new();
+    let jwt = builder(&clock).hs256_secret(SECRET).build().unwrap();
+    let token = hs256(&claims());
+    assert_accepted(&jwt, &token);
+    assert_eq!(jwt.cached_tokens(), 1);
+    let (message, signature) = token.rsplit_once('.').unwrap();
+    let mut other = claims();
+    other["sub"] = json!("mallory");
+    let (other_message, _) =
+        hs256(&other).rsplit_once('.').map(|(m, s)| (m.to_owned(), s.to_owned())).unwrap();
+    let flipped = {
+        let mut bytes = signature.as_bytes().to_vec();
+        bytes[3] = if bytes[3] == b'A' { b'B' } else { b'A' };
+        String::from_utf8(bytes).unwrap()
+    };
+    // Near misses of a cached token are verified from scratch, never served from the cache.
+    for near in [
+        format!("{message}.{flipped}"),
+        format!("{other_message}.{signature}"),
+        format!("{token}A"),
+        token[..token.len() - 1].to_owned(),
+        format!("{message}.{signature}.{signature}"),
+    ] {
+        assert!(matches!(jwt.verify(&near), Verdict::Rejected(_)), "{near}");
+    }
+    assert_eq!(jwt.cached_tokens(), 1);
+    assert_eq!(assert_accepted(&jwt, &token).subject(), "alice");
+}
+
+#[test]
 fn cache_is_bounded_under_a_flood() {
     let clock = FakeClock::new();
     let jwt =

@@ -96,9 +96,12 @@ pub struct MakeRequestUuid;
 
 impl MakeRequestId for MakeRequestUuid {
     fn make_request_id<B>(&self, _request: &Request<B>) -> RequestId {
-        let mut buf = uuid::Uuid::encode_buffer();
-        let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-        RequestId(HeaderValue::from_str(id).expect("a UUID is a valid header value"))
+        let mut buf = [0; uuid::fmt::Hyphenated::LENGTH];
+        uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+        // One allocation, shared by every clone (the request header, the extension, the
+        // response header, the error body) without copying.
+        let bytes = bytes::Bytes::from_owner(buf);
+        RequestId(HeaderValue::from_maybe_shared(bytes).expect("a UUID is a valid header value"))
     }
 }
 

@@ -38,11 +38,12 @@ pin_project! {
         S: Service<Request<ReqBody>, Response = Response<ResBody>>,
         St: Store,
     {
+        // Only for a store that must be awaited (Redis): the ready service and the request
+        // wait in one box, so the in-process path's future stays small.
         Deciding {
             #[pin]
             decision: St::Future,
-            inner: Option<S>,
-            request: Option<Request<ReqBody>>,
+            pending: Option<Box<(S, Request<ReqBody>)>>,
         },
         Calling { #[pin] future: S::Future },
         Recording { #[pin] decision: St::Future, response: Option<Response<ResBody>> },
@@ -72,9 +73,14 @@ where
         cx: Ctx<St>,
     ) -> Self {
         Self {
-            state: State::Deciding { decision, inner: Some(inner), request: Some(request) },
+            state: State::Deciding { decision, pending: Some(Box::new((inner, request))) },
             cx: Some(cx),
         }
+    }
+
+    /// The store decided at once and allowed the request: `future` is the inner service's.
+    pub(crate) fn calling(future: S::Future, cx: Ctx<St>) -> Self {
+        Self { state: State::Calling { future }, cx: Some(cx) }
     }
 
     pub(crate) fn passthrough(future: S::Future) -> Self {
@@ -98,47 +104,18 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Deciding { decision, inner, request } => {
+                StateProj::Deciding { decision, pending } => {
                     let outcome = ready!(decision.poll(cx));
                     let ctx = this.cx.as_mut().expect("context present while deciding");
-                    let request = request.take().expect("request present while deciding");
-                    let response = match outcome {
-                        Err(error) => {
-                            let policy = ctx.limits.quotas().first().map_or("", |q| q.name());
-                            let extensions = request.extensions();
-                            crate::observe::rate_limit(
-                                extensions,
-                                policy,
-                                &ctx.shared.kind,
-                                "error",
-                            );
-                            Some(error.into_response())
-                        }
-                        Ok(decision) if !decision.is_allowed() => {
-                            Some(reject(&ctx.shared, &ctx.limits, &decision, &request))
-                        }
-                        Ok(decision) => {
-                            if let Some(span) = crate::observe::span(request.extensions()) {
-                                let policy = ctx.limits.quotas()[decision.quota_index()].name();
-                                span.record("rate_limit.policy", policy);
-                                span.record("rate_limit.outcome", "allowed");
-                            }
-                            ctx.decision = Some(decision);
-                            None
-                        }
-                    };
-                    match response {
-                        Some(response) => {
-                            this.state.set(State::Done);
-                            *this.cx = None;
-                            return Poll::Ready(Ok(response));
-                        }
-                        None => {
-                            let mut inner = inner.take().expect("inner present while deciding");
-                            let future = inner.call(request);
-                            this.state.set(State::Calling { future });
-                        }
+                    let (mut inner, request) =
+                        *pending.take().expect("request present while deciding");
+                    if let Some(response) = settle(outcome, ctx, &request) {
+                        this.state.set(State::Done);
+                        *this.cx = None;
+                        return Poll::Ready(Ok(response));
                     }
+                    let future = inner.call(request);
+                    this.state.set(State::Calling { future });
                 }
                 StateProj::Calling { future } => {
                     let mut response = ready!(future.poll(cx))?;
@@ -195,6 +172,34 @@ where
     }
 }
 
+/// Acts on the store's answer: the response to send instead of calling the inner service (a
+/// 429, or the store's error), or `None` with the decision kept for the response headers.
+pub(crate) fn settle<St, B, ResBody: Default>(
+    outcome: Result<Decision, Error>,
+    ctx: &mut Ctx<St>,
+    request: &Request<B>,
+) -> Option<Response<ResBody>> {
+    match outcome {
+        Err(error) => {
+            let policy = ctx.limits.quotas().first().map_or("", |q| q.name());
+            crate::observe::rate_limit(request.extensions(), policy, &ctx.shared.kind, "error");
+            Some(error.into_response())
+        }
+        Ok(decision) if !decision.is_allowed() => {
+            Some(reject(&ctx.shared, &ctx.limits, &decision, request))
+        }
+        Ok(decision) => {
+            if let Some(span) = crate::observe::span(request.extensions()) {
+                let policy = ctx.limits.quotas()[decision.quota_index()].name();
+                span.record("rate_limit.policy", policy);
+                span.record("rate_limit.outcome", "allowed");
+            }
+            ctx.decision = Some(decision);
+            None
+        }
+    }
+}
+
 static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 static X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
@@ -216,16 +221,11 @@ pub(crate) fn write_headers(
     let i = decision.quota_index();
     let reset = ceil_secs(decision.reset());
     if shared.headers {
-        // Another limit layer (nested inside this one, e.g. a per-route limit under a per-IP
-        // one) already wrote its policy: both are listed, the inner one first (both headers are
-        // structured-field lists), so a client sees every limit it is under.
-        if headers.contains_key(&RATELIMIT) {
-            headers.append(RATELIMIT_POLICY.clone(), limits.inner.policy[i].clone());
-            headers.append(RATELIMIT.clone(), ratelimit_value(limits, decision));
-        } else {
-            headers.insert(RATELIMIT_POLICY.clone(), limits.inner.policy[i].clone());
-            headers.insert(RATELIMIT.clone(), ratelimit_value(limits, decision));
-        }
+        // Appended: when another limit layer (nested inside this one, e.g. a per-route limit
+        // under a per-IP one) already wrote its policy, both are listed, the inner one first
+        // (both headers are structured-field lists), so a client sees every limit it is under.
+        headers.append(RATELIMIT_POLICY.clone(), limits.inner.policy[i].clone());
+        headers.append(RATELIMIT.clone(), ratelimit_value(limits, decision));
     }
     if shared.legacy_headers && !headers.contains_key(&X_LIMIT) {
         headers.insert(X_LIMIT.clone(), limits.inner.legacy_limit[i].clone());

@@ -248,4 +248,14 @@ impl Store for MemoryStore {
     fn decide(&self, limits: &Limits, key: &RateKey, cost: u32, mode: Mode) -> Self::Future {
         ready(Ok(self.decide_now(limits, key, cost, mode)))
     }
+
+    fn decide_ready(
+        &self,
+        limits: &Limits,
+        key: &RateKey,
+        cost: u32,
+        mode: Mode,
+    ) -> Option<Result<Decision, Error>> {
+        Some(Ok(self.decide_now(limits, key, cost, mode)))
+    }
 }

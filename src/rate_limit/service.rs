@@ -9,7 +9,7 @@ use tower_service::Service;
 
 use super::{
     client_ip::ClientAddr,
-    future::{reject_missing_key, reject_too_costly, Ctx, ResponseFuture},
+    future::{reject_missing_key, reject_too_costly, settle, Ctx, ResponseFuture},
     gcra::Mode,
     key::KeyExtractor,
     layer::{LimitsSource, MissingKey},
@@ -102,11 +102,20 @@ where
             return ResponseFuture::rejected(reject_too_costly(shared, &limits, &parts));
         }
         let mode = if shared.count_only.is_some() { Mode::Peek } else { Mode::Acquire };
+        let record = shared.count_only.is_some().then(|| (self.layer.store.clone(), key.clone()));
+        if let Some(outcome) = self.layer.store.decide_ready(&limits, &key, cost, mode) {
+            // Decided at once (in memory): call the ready inner service right here.
+            let request = Request::from_parts(parts, body);
+            let mut cx = Ctx { shared: Arc::clone(shared), limits, cost, record, decision: None };
+            return match settle(outcome, &mut cx, &request) {
+                Some(response) => ResponseFuture::rejected(response),
+                None => ResponseFuture::calling(self.inner.call(request), cx),
+            };
+        }
         let decision = self.layer.store.decide(&limits, &key, cost, mode);
         let clone = self.inner.clone();
         let inner = mem::replace(&mut self.inner, clone);
         let request = Request::from_parts(parts, body);
-        let record = shared.count_only.is_some().then(|| (self.layer.store.clone(), key));
         let cx = Ctx { shared: Arc::clone(shared), limits, cost, record, decision: None };
         ResponseFuture::deciding(decision, inner, request, cx)
     }

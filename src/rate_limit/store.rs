@@ -23,6 +23,23 @@ pub trait Store: Send + Sync + 'static {
     /// An [`Error`] of kind [`ServiceUnavailable`](crate::ErrorKind::ServiceUnavailable) when
     /// the backend is down and the store fails closed; the layer answers it as is.
     fn decide(&self, limits: &Limits, key: &RateKey, cost: u32, mode: Mode) -> Self::Future;
+
+    /// The decision at once, when the store has it without waiting; `None` (the default) when
+    /// it must be awaited through [`decide`](Store::decide).
+    ///
+    /// [`MemoryStore`](super::MemoryStore) always answers here. The layer then calls the
+    /// inner service from its own `call`: it neither clones the service nor keeps the request
+    /// in its future, which keeps the per-request cost of an in-process limit low.
+    fn decide_ready(
+        &self,
+        limits: &Limits,
+        key: &RateKey,
+        cost: u32,
+        mode: Mode,
+    ) -> Option<Result<Decision, Error>> {
+        let _ = (limits, key, cost, mode);
+        None
+    }
 }
 
 impl<S: Store + ?Sized> Store for Arc<S> {
@@ -30,5 +47,15 @@ impl<S: Store + ?Sized> Store for Arc<S> {
 
     fn decide(&self, limits: &Limits, key: &RateKey, cost: u32, mode: Mode) -> Self::Future {
         (**self).decide(limits, key, cost, mode)
+    }
+
+    fn decide_ready(
+        &self,
+        limits: &Limits,
+        key: &RateKey,
+        cost: u32,
+        mode: Mode,
+    ) -> Option<Result<Decision, Error>> {
+        (**self).decide_ready(limits, key, cost, mode)
     }
 }
