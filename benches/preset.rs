@@ -104,3 +104,80 @@ pub(crate) fn benches(c: &mut Criterion) {
     });
     group.finish();
 }
+
+/// The preset's targets measured in turns, so that a slow spell of a shared machine weighs on
+/// every path alike: `ROUNDS` rounds, each timing `BATCH` requests of every path back to back.
+/// Returns `(name, median per-round ratio, limit)` rows: the accepted path's overhead over
+/// bare axum (in µs, limit 2), the asymmetric algorithms against HS256 (limit 1.3) and each
+/// rejection against the accepted request (limit 1).
+pub(crate) fn interleaved() -> Vec<(String, f64, f64)> {
+    const ROUNDS: usize = 40;
+    const BATCH: u32 = 1_000;
+    let rt = runtime();
+    let generous = Quota::per_second(NonZeroU32::MAX);
+    let hs256 = token(Algorithm::HS256);
+    let warm = |alg| app(AuthLayer::new(jwt(keys(alg).1, true)), generous.clone(), "orders:read");
+    let forged = {
+        let mut parts: Vec<&str> = hs256.split('.').collect();
+        parts[2] = "c2lnbmF0dXJlLW9mLXRoZS13cm9uZy1rZXktMDEyMzQ1Njc4OQ";
+        parts.join(".")
+    };
+    let exhausted = app(
+        AuthLayer::new(jwt(keys(Algorithm::HS256).1, true)),
+        Quota::per_hour(NonZeroU32::MIN),
+        "orders:read",
+    );
+    run(&rt, &exhausted, request(Some(&hs256)), StatusCode::OK);
+    let admin_only =
+        app(AuthLayer::new(jwt(keys(Algorithm::HS256).1, true)), generous.clone(), "orders:admin");
+    let accepted = warm(Algorithm::HS256);
+    let bare = crate::bare_router();
+
+    // (name, service, token, expected status)
+    let mut paths: Vec<(String, Router, Option<String>, StatusCode)> = vec![
+        ("bare".into(), bare, Some(hs256.clone()), StatusCode::OK),
+        ("hs256".into(), accepted.clone(), Some(hs256.clone()), StatusCode::OK),
+    ];
+    for (name, alg) in ALGORITHMS.into_iter().filter(|(_, alg)| *alg != Algorithm::HS256) {
+        paths.push((name.to_owned(), warm(alg), Some(token(alg)), StatusCode::OK));
+    }
+    paths.push((
+        "401_bad_signature".into(),
+        accepted.clone(),
+        Some(forged),
+        StatusCode::UNAUTHORIZED,
+    ));
+    paths.push(("401_missing".into(), accepted, None, StatusCode::UNAUTHORIZED));
+    paths.push(("403_scope".into(), admin_only, Some(hs256.clone()), StatusCode::FORBIDDEN));
+    paths.push(("429".into(), exhausted, Some(hs256), StatusCode::TOO_MANY_REQUESTS));
+
+    let mut times = vec![Vec::with_capacity(ROUNDS); paths.len()];
+    for _ in 0..ROUNDS {
+        for (i, (_, service, token, status)) in paths.iter().enumerate() {
+            let start = std::time::Instant::now();
+            for _ in 0..BATCH {
+                run(&rt, service, request(token.as_deref()), *status);
+            }
+            times[i].push(start.elapsed().as_nanos() as f64 / f64::from(BATCH));
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let per_round = |a: usize, f: &dyn Fn(f64, f64) -> f64, b: usize| {
+        median((0..ROUNDS).map(|r| f(times[a][r], times[b][r])).collect())
+    };
+    let (bare, hs) = (0, 1);
+    let mut rows = vec![(
+        "preset hs256 warm - bare, µs".to_owned(),
+        per_round(hs, &|h, b| (h - b) / 1000.0, bare),
+        2.0,
+    )];
+    for (i, (name, ..)) in paths.iter().enumerate().skip(2) {
+        let limit = if paths[i].3 == StatusCode::OK { 1.3 } else { 1.0 };
+        let what = if limit > 1.0 { "warm / hs256 warm" } else { "/ hs256 warm accepted" };
+        rows.push((format!("preset {name} {what}"), per_round(i, &|x, h| x / h, hs), limit));
+    }
+    rows
+}

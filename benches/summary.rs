@@ -96,4 +96,11 @@ pub(crate) fn targets(_: &mut Criterion) {
     for line in lines {
         println!("  {line}");
     }
+    if get("preset/hs256_warm").is_some() {
+        println!("\nPreset targets measured in turns (medians of per-round figures):");
+        for (name, value, limit) in crate::preset::interleaved() {
+            let verdict = if value <= limit { "met" } else { "NOT MET" };
+            println!("  {name:<52} {value:>6.2} (limit {limit})  {verdict}");
+        }
+    }
 }
