@@ -131,3 +131,47 @@ pub(crate) fn benches(c: &mut Criterion) {
     });
     group.finish();
 }
+
+/// The cold-verification target measured in turns (rounds of `BATCH` requests each of bare
+/// axum, the layer with its cache off, and jsonwebtoken's own `decode`): per algorithm, the
+/// median per-round `(layer cold - bare) - raw decode`, in µs (limit 1).
+pub(crate) fn cold_interleaved() -> Vec<(String, f64, f64)> {
+    const ROUNDS: usize = 50;
+    const BATCH: u32 = 200;
+    let rt = runtime();
+    let bare = bare_router();
+    let mut rows = Vec::new();
+    for (name, alg) in ALGORITHMS {
+        let token = token(alg);
+        let app = AuthLayer::new(jwt(keys(alg).1, false)).layer(bare_router());
+        let decoding = raw_key(alg);
+        let mut validation = Validation::new(alg);
+        validation.set_issuer(&["https://issuer.bench"]);
+        validation.set_audience(&["bench"]);
+        let time = |f: &dyn Fn()| {
+            let start = std::time::Instant::now();
+            for _ in 0..BATCH {
+                f();
+            }
+            start.elapsed().as_nanos() as f64 / f64::from(BATCH)
+        };
+        let mut extra: Vec<f64> = (0..ROUNDS)
+            .map(|_| {
+                let b = time(&|| run(&rt, &bare, bearer(&token), StatusCode::OK));
+                let c = time(&|| run(&rt, &app, bearer(&token), StatusCode::OK));
+                let r = time(&|| {
+                    jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+                        std::hint::black_box(&token),
+                        &decoding,
+                        &validation,
+                    )
+                    .unwrap();
+                });
+                ((c - b) - r) / 1000.0
+            })
+            .collect();
+        extra.sort_by(f64::total_cmp);
+        rows.push((format!("auth {name} cold - bare - raw decode, µs"), extra[ROUNDS / 2], 1.0));
+    }
+    rows
+}

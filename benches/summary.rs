@@ -96,9 +96,16 @@ pub(crate) fn targets(_: &mut Criterion) {
     for line in lines {
         println!("  {line}");
     }
+    let mut turns = Vec::new();
+    if get("auth/hs256_cold").is_some() {
+        turns.extend(crate::auth::cold_interleaved());
+    }
     if get("preset/hs256_warm").is_some() {
-        println!("\nPreset targets measured in turns (medians of per-round figures):");
-        for (name, value, limit) in crate::preset::interleaved() {
+        turns.extend(crate::preset::interleaved());
+    }
+    if !turns.is_empty() {
+        println!("\nTargets measured in turns (medians of per-round figures):");
+        for (name, value, limit) in turns {
             let verdict = if value <= limit { "met" } else { "NOT MET" };
             println!("  {name:<52} {value:>6.2} (limit {limit})  {verdict}");
         }
