@@ -21,7 +21,7 @@ use base64::{engine::general_purpose::STANDARD, Engine as _};
 use futures_util::future::join_all;
 use serde_json::json;
 use tower_shield::{
-    auth::{Introspection, IntrospectionBuilder},
+    auth::{AuthRequest, Authenticator, Introspection, IntrospectionBuilder, Verdict},
     clock::{Clock, FakeClock},
     principal::AuthMethod,
     ErrorKind,
@@ -258,6 +258,38 @@ async fn inactive_tokens_are_remembered_briefly() {
     clock.advance(Duration::from_secs(2));
     assert!(introspection.introspect("revoked").await.is_err());
     assert_eq!(server.calls(), 2);
+}
+
+#[tokio::test]
+async fn cache_hits_are_answered_without_a_future() {
+    let (server, endpoint) = serve().await;
+    let clock = FakeClock::new();
+    *server.exp.lock().unwrap() = Some(unix(&clock) + 3600);
+    let introspection = builder(&endpoint, &clock).build().unwrap();
+    let verdict = |token: &str| {
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+        introspection.authenticate(&AuthRequest::from_headers(&headers).unwrap())
+    };
+
+    // Unknown tokens need the endpoint: the verdict is a future.
+    let Verdict::Pending(first) = verdict("active-alice") else { panic!("not pending") };
+    assert_eq!(first.await.unwrap().subject(), "alice");
+    let Verdict::Pending(first) = verdict("revoked") else { panic!("not pending") };
+    assert_eq!(first.await.unwrap_err().reason(), Some("token inactive"));
+    assert_eq!(server.calls(), 2);
+
+    // Cached answers, both ways, are given at once.
+    let Verdict::Authenticated(principal) = verdict("active-alice") else { panic!("not cached") };
+    assert_eq!(principal.subject(), "alice");
+    let Verdict::Rejected(error) = verdict("revoked") else { panic!("not cached") };
+    assert_eq!(error.kind(), ErrorKind::InvalidToken);
+    assert!(matches!(verdict(&"x".repeat(10_000)), Verdict::Rejected(_)));
+    assert_eq!(server.calls(), 2);
+
+    // Once stale, the endpoint is asked again.
+    clock.advance(Duration::from_secs(3_601));
+    assert!(matches!(verdict("active-alice"), Verdict::Pending(_)));
 }
 
 #[tokio::test]

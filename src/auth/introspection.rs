@@ -27,6 +27,8 @@
 //! bounded (default 10 000 active and 10 000 rejected entries, evicting the least useful first)
 //! and keyed by the SHA-256 digest of the token: the token itself is never stored. A revoked
 //! token stays accepted until its cache entry expires: keep the TTL short where that matters.
+//! In an [`AuthLayer`](super::AuthLayer), a cached answer is given within the layer's `call`
+//! (no future, no allocation for the request); only a miss waits for the endpoint.
 //! Tokens longer than [`max_token_length`](IntrospectionBuilder::max_token_length) (default
 //! 8 KiB) are rejected without a call.
 //!
@@ -194,28 +196,46 @@ impl Introspection {
     ///   another issuer or audience, without a subject, empty or too long;
     /// - [`ErrorKind::ServiceUnavailable`] when the endpoint cannot give a valid answer.
     pub async fn introspect(&self, token: &str) -> Result<Principal, Error> {
-        let inner = &self.inner;
+        let digest = self.check(token)?;
+        match self.cached(&digest) {
+            Some(answer) => answer,
+            None => self.fetch(digest, token.to_owned()).await,
+        }
+    }
+
+    /// Rejects an empty or oversized token; otherwise its cache key.
+    fn check(&self, token: &str) -> Result<[u8; 32], Error> {
         if token.is_empty() {
             return Err(invalid("empty token"));
         }
-        if token.len() > inner.config.max_token_length {
+        if token.len() > self.inner.config.max_token_length {
             return Err(invalid("token too long"));
         }
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let now = inner.clock.monotonic();
-        if let Some(entry) = inner.active.get(&digest) {
-            if now < entry.until {
-                return Ok(entry.principal);
-            }
-            inner.active.remove(&digest);
-        }
-        if let Some(until) = inner.rejected.get(&digest) {
-            if now < until {
-                return Err(invalid("token rejected (cached)"));
-            }
-            inner.rejected.remove(&digest);
-        }
+        Ok(Sha256::digest(token.as_bytes()).into())
+    }
 
+    /// The cached answer for a token, if one is still fresh (a stale one is dropped).
+    fn cached(&self, digest: &[u8; 32]) -> Option<Result<Principal, Error>> {
+        let inner = &self.inner;
+        let now = inner.clock.monotonic();
+        if let Some(entry) = inner.active.get(digest) {
+            if now < entry.until {
+                return Some(Ok(entry.principal));
+            }
+            inner.active.remove(digest);
+        }
+        if let Some(until) = inner.rejected.get(digest) {
+            if now < until {
+                return Some(Err(invalid("token rejected (cached)")));
+            }
+            inner.rejected.remove(digest);
+        }
+        None
+    }
+
+    /// Asks the endpoint (the caches had no answer).
+    async fn fetch(&self, digest: [u8; 32], token: String) -> Result<Principal, Error> {
+        let inner = &self.inner;
         // Single flight: concurrent requests with the same token share one call, which runs in
         // its own task so that a cancelled request does not cancel it for the others.
         let flight = {
@@ -225,7 +245,7 @@ impl Introspection {
                 None => {
                     let (tx, rx) = watch::channel(None);
                     flights.insert(digest, rx.clone());
-                    tokio::spawn(Arc::clone(inner).resolve(digest, token.to_owned(), tx));
+                    tokio::spawn(Arc::clone(inner).resolve(digest, token, tx));
                     rx
                 }
             }
@@ -640,9 +660,20 @@ fn form_urlencode(value: &str) -> String {
 impl Authenticator for Introspection {
     fn authenticate(&self, request: &AuthRequest<'_>) -> Verdict {
         let Some(token) = request.bearer() else { return Verdict::NotMine };
-        let this = self.clone();
-        let token = token.to_owned();
-        Verdict::Pending(Box::pin(async move { this.introspect(&token).await }))
+        // Cache hits (active or recently rejected) are answered here, without a future.
+        let digest = match self.check(token) {
+            Ok(digest) => digest,
+            Err(error) => return Verdict::Rejected(error),
+        };
+        match self.cached(&digest) {
+            Some(Ok(principal)) => Verdict::Authenticated(principal),
+            Some(Err(error)) => Verdict::Rejected(error),
+            None => {
+                let this = self.clone();
+                let token = token.to_owned();
+                Verdict::Pending(Box::pin(async move { this.fetch(digest, token).await }))
+            }
+        }
     }
 
     fn method(&self) -> AuthMethod {
