@@ -28,7 +28,7 @@
 //! and keyed by the SHA-256 digest of the token: the token itself is never stored. A revoked
 //! token stays accepted until its cache entry expires: keep the TTL short where that matters.
 //! In an [`AuthLayer`](super::AuthLayer), a cached answer is given within the layer's `call`
-//! (no future, no allocation for the request); only a miss waits for the endpoint.
+//! (no future and no copy of the token); only a miss waits for the endpoint.
 //! Tokens longer than [`max_token_length`](IntrospectionBuilder::max_token_length) (default
 //! 8 KiB) are rejected without a call.
 //!
