@@ -119,6 +119,8 @@ pub mod preset;
 pub mod testing;
 
 mod builder;
+#[cfg(any(feature = "rate-limit", feature = "telemetry"))]
+mod prehashed;
 // Which helpers are used depends on the layers enabled.
 #[allow(dead_code)]
 mod observe;

@@ -2,7 +2,7 @@ use std::{
     collections::HashMap,
     fmt,
     future::{ready, Ready},
-    hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState},
+    hash::{BuildHasher, Hasher, RandomState},
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc, Mutex, MutexGuard,
@@ -19,6 +19,7 @@ use super::{
 use crate::{
     clock::{Clock, SystemClock},
     error::ConfigError,
+    prehashed::PrehashedMap,
     Error,
 };
 
@@ -64,28 +65,10 @@ struct Inner {
 
 #[derive(Default)]
 struct Shard {
-    map: HashMap<u64, Box<[u64]>, BuildHasherDefault<IdHasher>>,
+    map: PrehashedMap<Box<[u64]>>,
     next_cleanup: u64,
     /// When the shard was last found full of active keys: the earliest time one goes idle.
     next_idle: u64,
-}
-
-/// The map keys are already keyed hashes.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 << 8) | u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
 }
 
 impl MemoryStore {

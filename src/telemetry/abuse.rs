@@ -89,10 +89,9 @@
 
 use std::{
     borrow::Cow,
-    collections::HashMap,
     fmt,
     future::Future,
-    hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState},
+    hash::{BuildHasher, Hasher, RandomState},
     num::NonZeroU32,
     pin::Pin,
     sync::{
@@ -112,6 +111,7 @@ use super::{fingerprint, SECURITY_TARGET};
 use crate::{
     clock::{Clock, SystemClock},
     error::ConfigError,
+    prehashed::PrehashedMap,
     Error, ErrorKind,
 };
 
@@ -499,7 +499,7 @@ struct State {
 
 #[derive(Default)]
 struct Shard {
-    map: HashMap<u64, Entry, BuildHasherDefault<IdHasher>>,
+    map: PrehashedMap<Entry>,
     next_cleanup: u64,
     /// When the shard was last found full of active entries: the earliest one goes idle.
     next_idle: u64,
@@ -522,24 +522,6 @@ impl Entry {
     fn idle_at(&self) -> u64 {
         let strikes = if self.strikes > 0 { self.forget_at } else { 0 };
         self.tat.max(self.blocked_until).max(strikes)
-    }
-}
-
-/// The map keys are already keyed hashes.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 << 8) | u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
     }
 }
 
