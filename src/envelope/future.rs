@@ -198,7 +198,7 @@ impl Metric {
 
     fn served<B>(response: &Response<B>) -> bool {
         response.extensions().get::<Error>().is_none()
-            && response.headers().get("grpc-status").is_none_or(|s| s != "12")
+            && response.headers().get(&GRPC_STATUS).is_none_or(|s| s != "12")
     }
 
     fn record(self, status: StatusCode, elapsed: std::time::Duration) {
@@ -242,6 +242,9 @@ fn status_class(status: StatusCode) -> &'static str {
 }
 
 /// The headers of the inner response that describe a body the envelope replaces.
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+
 const STRIPPED: [HeaderName; 7] = [
     header::CONTENT_TYPE,
     header::CONTENT_LENGTH,
@@ -313,8 +316,8 @@ impl<M, R: Render> Ctx<M, R> {
             // A trailers-only response: HTTP 200, the status in the headers, no body.
             parts.status = StatusCode::OK;
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-            headers.insert("grpc-status", error.grpc_code().header_value());
-            headers.insert("grpc-message", grpc_message(error.message()));
+            headers.insert(GRPC_STATUS, error.grpc_code().header_value());
+            headers.insert(GRPC_MESSAGE, grpc_message(error.message()));
             Bytes::new()
         } else {
             parts.status = error.status();
