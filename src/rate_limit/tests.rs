@@ -920,3 +920,48 @@ mod redis_store {
         );
     }
 }
+
+// ---- the in-memory path ----
+
+/// Counts its clones: the in-memory path must call the ready service itself, not a clone.
+struct CountClones {
+    clones: Arc<AtomicUsize>,
+}
+
+impl Clone for CountClones {
+    fn clone(&self) -> Self {
+        self.clones.fetch_add(1, Ordering::SeqCst);
+        Self { clones: Arc::clone(&self.clones) }
+    }
+}
+
+impl Service<Request<Body>> for CountClones {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<Body>) -> Self::Future {
+        std::future::ready(Ok(Response::new(Body::from("ok"))))
+    }
+}
+
+#[tokio::test]
+async fn in_memory_decisions_call_the_ready_service_without_cloning_it() {
+    let clones = Arc::new(AtomicUsize::new(0));
+    let layer = RateLimitLayer::per_ip(Quota::per_second(nz(2)));
+    let mut service = layer.layer(CountClones { clones: Arc::clone(&clones) });
+    let statuses = [
+        send(&mut service, from_peer([192, 0, 2, 1])).await.status(),
+        send(&mut service, from_peer([192, 0, 2, 1])).await.status(),
+        send(&mut service, from_peer([192, 0, 2, 1])).await.status(),
+    ];
+    assert_eq!(statuses, [StatusCode::OK, StatusCode::OK, StatusCode::TOO_MANY_REQUESTS]);
+    assert_eq!(clones.load(Ordering::SeqCst), 0, "the inner service was cloned per request");
+}
