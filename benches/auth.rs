@@ -9,7 +9,10 @@ use serde_json::json;
 use tower::Layer;
 use tower_shield::auth::{jwt::Jwt, AuthLayer, VerifyingKey};
 
-use crate::{bare_router, run, runtime};
+use crate::{
+    bare_router, run, runtime,
+    summary::{median, time_batch},
+};
 
 pub(crate) const SECRET: &[u8] = b"a benchmark secret of at least 32 bytes";
 const RSA_PRIVATE: &[u8] = include_bytes!("../tests/fixtures/test-only-rsa-private.pem");
@@ -148,18 +151,11 @@ pub(crate) fn cold_interleaved() -> Vec<(String, f64, f64)> {
         let mut validation = Validation::new(alg);
         validation.set_issuer(&["https://issuer.bench"]);
         validation.set_audience(&["bench"]);
-        let time = |f: &dyn Fn()| {
-            let start = std::time::Instant::now();
-            for _ in 0..BATCH {
-                f();
-            }
-            start.elapsed().as_nanos() as f64 / f64::from(BATCH)
-        };
-        let mut extra: Vec<f64> = (0..ROUNDS)
+        let extra = (0..ROUNDS)
             .map(|_| {
-                let b = time(&|| run(&rt, &bare, bearer(&token), StatusCode::OK));
-                let c = time(&|| run(&rt, &app, bearer(&token), StatusCode::OK));
-                let r = time(&|| {
+                let b = time_batch(BATCH, || run(&rt, &bare, bearer(&token), StatusCode::OK));
+                let c = time_batch(BATCH, || run(&rt, &app, bearer(&token), StatusCode::OK));
+                let r = time_batch(BATCH, || {
                     jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
                         std::hint::black_box(&token),
                         &decoding,
@@ -170,8 +166,7 @@ pub(crate) fn cold_interleaved() -> Vec<(String, f64, f64)> {
                 ((c - b) - r) / 1000.0
             })
             .collect();
-        extra.sort_by(f64::total_cmp);
-        rows.push((format!("auth {name} cold - bare - raw decode, µs"), extra[ROUNDS / 2], 1.0));
+        rows.push((format!("auth {name} cold - bare - raw decode, µs"), median(extra), 1.0));
     }
     rows
 }

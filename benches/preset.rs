@@ -19,6 +19,7 @@ use tower_shield::{
 use crate::{
     auth::{jwt, keys, token, ALGORITHMS},
     run, runtime,
+    summary::{median, time_batch},
 };
 
 /// The request of every preset bench: a bearer token and the peer address.
@@ -154,17 +155,10 @@ pub(crate) fn interleaved() -> Vec<(String, f64, f64)> {
     let mut times = vec![Vec::with_capacity(ROUNDS); paths.len()];
     for _ in 0..ROUNDS {
         for (i, (_, service, token, status)) in paths.iter().enumerate() {
-            let start = std::time::Instant::now();
-            for _ in 0..BATCH {
-                run(&rt, service, request(token.as_deref()), *status);
-            }
-            times[i].push(start.elapsed().as_nanos() as f64 / f64::from(BATCH));
+            times[i]
+                .push(time_batch(BATCH, || run(&rt, service, request(token.as_deref()), *status)));
         }
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let per_round = |a: usize, f: &dyn Fn(f64, f64) -> f64, b: usize| {
         median((0..ROUNDS).map(|r| f(times[a][r], times[b][r])).collect())
     };

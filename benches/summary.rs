@@ -27,7 +27,7 @@ fn criterion_home() -> Option<PathBuf> {
 }
 
 /// The median of `group/bench` in nanoseconds, if it was measured by this process.
-fn median(home: &std::path::Path, started: SystemTime, id: &str) -> Option<f64> {
+fn criterion_median(home: &std::path::Path, started: SystemTime, id: &str) -> Option<f64> {
     let path = home.join(id).join("new").join("estimates.json");
     let modified = std::fs::metadata(&path).ok()?.modified().ok()?;
     if modified < started {
@@ -37,6 +37,21 @@ fn median(home: &std::path::Path, started: SystemTime, id: &str) -> Option<f64> 
     json["median"]["point_estimate"].as_f64()
 }
 
+/// Nanoseconds per call of `f`, over `batch` calls: one timing of a round measured in turns.
+pub(crate) fn time_batch(batch: u32, f: impl Fn()) -> f64 {
+    let start = std::time::Instant::now();
+    for _ in 0..batch {
+        f();
+    }
+    start.elapsed().as_nanos() as f64 / f64::from(batch)
+}
+
+/// The median of per-round figures.
+pub(crate) fn median(mut figures: Vec<f64>) -> f64 {
+    figures.sort_by(f64::total_cmp);
+    figures[figures.len() / 2]
+}
+
 /// Prints each target with its measured figures and whether it is met. Registered last.
 pub(crate) fn targets(_: &mut Criterion) {
     if std::env::args().any(|arg| arg == "--list") {
@@ -44,7 +59,7 @@ pub(crate) fn targets(_: &mut Criterion) {
     }
     let started = STARTED.get().copied().unwrap_or(SystemTime::UNIX_EPOCH);
     let Some(home) = criterion_home() else { return };
-    let get = |id: &str| median(&home, started, id);
+    let get = |id: &str| criterion_median(&home, started, id);
     let mut lines = Vec::new();
     let mut line = |target: String, figures: Option<(String, bool)>| {
         let (figures, verdict) = match figures {
