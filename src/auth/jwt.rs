@@ -380,8 +380,8 @@ impl JwtBuilder {
     /// `exp` (default 10 000 tokens, 5 minutes).
     ///
     /// An entry holds the token (at most [`max_token_len`](JwtBuilder::max_token_len)) and
-    /// its [`Principal`]; only tokens that verified get in. The TTL is
-    /// measured on the clock `exp` is checked against.
+    /// its [`Principal`]; only tokens that verified get in. The TTL is measured on the clock
+    /// `exp` is checked against.
     pub fn cache(mut self, capacity: usize, ttl: Duration) -> Self {
         self.cache = Some((capacity, ttl));
         self

@@ -241,10 +241,10 @@ fn status_class(status: StatusCode) -> &'static str {
     }
 }
 
-/// The headers of the inner response that describe a body the envelope replaces.
 const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 
+/// The headers of the inner response that describe a body the envelope replaces.
 const STRIPPED: [HeaderName; 7] = [
     header::CONTENT_TYPE,
     header::CONTENT_LENGTH,

@@ -102,21 +102,31 @@ where
             return ResponseFuture::rejected(reject_too_costly(shared, &limits, &parts));
         }
         let mode = if shared.count_only.is_some() { Mode::Peek } else { Mode::Acquire };
-        let record = shared.count_only.is_some().then(|| (self.layer.store.clone(), key.clone()));
-        if let Some(outcome) = self.layer.store.decide_ready(&limits, &key, cost, mode) {
-            // Decided at once (in memory): call the ready inner service right here.
-            let request = Request::from_parts(parts, body);
-            let mut cx = Ctx { shared: Arc::clone(shared), limits, cost, record, decision: None };
-            return match settle(outcome, &mut cx, &request) {
+        let decided = match self.layer.store.decide_ready(&limits, &key, cost, mode) {
+            Some(outcome) => Decided::Now(outcome),
+            None => Decided::Later(self.layer.store.decide(&limits, &key, cost, mode)),
+        };
+        let record = shared.count_only.is_some().then(|| (self.layer.store.clone(), key));
+        let request = Request::from_parts(parts, body);
+        let mut cx = Ctx { shared: Arc::clone(shared), limits, cost, record, decision: None };
+        match decided {
+            // Decided at once (in memory): the ready inner service is called right here.
+            Decided::Now(outcome) => match settle(outcome, &mut cx, &request) {
                 Some(response) => ResponseFuture::rejected(response),
                 None => ResponseFuture::calling(self.inner.call(request), cx),
-            };
+            },
+            // The ready service goes into the future; a fresh clone stays here.
+            Decided::Later(decision) => {
+                let clone = self.inner.clone();
+                let inner = mem::replace(&mut self.inner, clone);
+                ResponseFuture::deciding(decision, inner, request, cx)
+            }
         }
-        let decision = self.layer.store.decide(&limits, &key, cost, mode);
-        let clone = self.inner.clone();
-        let inner = mem::replace(&mut self.inner, clone);
-        let request = Request::from_parts(parts, body);
-        let cx = Ctx { shared: Arc::clone(shared), limits, cost, record, decision: None };
-        ResponseFuture::deciding(decision, inner, request, cx)
     }
+}
+
+/// The store's answer: given at once, or to be awaited.
+enum Decided<F> {
+    Now(Result<super::gcra::Decision, crate::Error>),
+    Later(F),
 }
