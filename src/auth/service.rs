@@ -143,13 +143,10 @@ pub(crate) fn finish_rejection(config: &Config, error: Error) -> Error {
 }
 
 fn mark_sensitive<B>(config: &Config, request: &mut Request<B>) {
-    let headers = request.headers_mut();
-    if let header::Entry::Occupied(mut entry) = headers.entry(header::AUTHORIZATION) {
-        entry.iter_mut().for_each(|v| v.set_sensitive(true));
-    }
-    for name in &config.sensitive_headers {
-        if let header::Entry::Occupied(mut entry) = headers.entry(name) {
-            entry.iter_mut().for_each(|v| v.set_sensitive(true));
+    // One pass over the few headers a request carries, rather than a hashed look-up per name.
+    for (name, value) in request.headers_mut().iter_mut() {
+        if name == header::AUTHORIZATION || config.sensitive_headers.contains(name) {
+            value.set_sensitive(true);
         }
     }
 }
@@ -176,4 +173,33 @@ pub(crate) fn log_failure(error: &Error, method: Option<AuthMethod>, extensions:
         reason = error.reason().unwrap_or(""),
         auth_method = method,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use http::{header, HeaderName, HeaderValue, Request};
+
+    use super::mark_sensitive;
+    use crate::auth::{api_key::ApiKeys, AuthLayer};
+
+    #[test]
+    fn every_credential_value_is_marked_sensitive_and_nothing_else() {
+        let api_key = HeaderName::from_static("x-api-key");
+        let keys = ApiKeys::new("sk_live").unwrap().header(api_key.clone());
+        let layer = AuthLayer::new(keys);
+        let mut request = Request::new(());
+        let headers = request.headers_mut();
+        headers.append(header::AUTHORIZATION, HeaderValue::from_static("Bearer a"));
+        headers.append(header::AUTHORIZATION, HeaderValue::from_static("Bearer b"));
+        headers.insert(&api_key, HeaderValue::from_static("sk_live_x_y"));
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+
+        mark_sensitive(&layer.config, &mut request);
+
+        let headers = request.headers();
+        assert!(headers.get_all(header::AUTHORIZATION).iter().all(HeaderValue::is_sensitive));
+        assert_eq!(headers.get_all(header::AUTHORIZATION).iter().count(), 2);
+        assert!(headers[&api_key].is_sensitive());
+        assert!(!headers[header::ACCEPT].is_sensitive());
+    }
 }

@@ -103,15 +103,17 @@ impl Route {
 }
 
 impl<F, M, R> ResponseFuture<F, M, R> {
-    /// Calls the inner service through `call`; a panic there answers 500 when polled. The
-    /// future is built in its final place (no intermediate `Option` to move it through).
+    /// Calls the inner service through `call`; a panic there answers 500 when polled.
     pub(crate) fn new(call: impl FnOnce() -> F, cx: Ctx<M, R>, span: Span) -> Self {
-        let state = {
-            let _entered = span.enter();
-            catch_unwind(AssertUnwindSafe(|| State::Future { future: call() }))
-                .unwrap_or(State::Panicked)
-        };
-        Self { state, cx: Some(cx), span }
+        let mut this = Self { state: State::Panicked, cx: Some(cx), span };
+        {
+            let _entered = this.span.enter();
+            let state = &mut this.state;
+            // Assigned in place rather than returned through `catch_unwind`: the inner future
+            // holds every inner layer's future, and each move of it is a large `memcpy`.
+            let _ = catch_unwind(AssertUnwindSafe(|| *state = State::Future { future: call() }));
+        }
+        this
     }
 }
 

@@ -236,33 +236,18 @@ pub(crate) fn write_headers(
 
 /// `"name";r=<remaining>;t=<seconds>`.
 pub(crate) fn ratelimit_value(limits: &Limits, decision: &Decision) -> HeaderValue {
-    let prefix = &limits.inner.prefix[decision.quota_index()];
-    let (mut remaining, mut reset) = ([0; 20], [0; 20]);
-    let remaining = decimal(decision.remaining(), &mut remaining);
-    let reset = decimal(ceil_secs(decision.reset()), &mut reset);
+    let prefix = limits.inner.prefix[decision.quota_index()].as_bytes();
+    let (mut remaining, mut reset) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let remaining = remaining.format(decision.remaining()).as_bytes();
+    let reset = reset.format(ceil_secs(decision.reset())).as_bytes();
     // Exactly sized: a full `Vec` becomes `Bytes` without a second allocation.
-    let mut buf = Vec::with_capacity(prefix.len() + remaining.len() + 3 + reset.len());
-    buf.extend_from_slice(prefix.as_bytes());
-    buf.extend_from_slice(remaining);
-    buf.extend_from_slice(b";t=");
-    buf.extend_from_slice(reset);
-    HeaderValue::from_maybe_shared(bytes::Bytes::from(buf))
+    let mut value = Vec::with_capacity(prefix.len() + remaining.len() + 3 + reset.len());
+    value.extend_from_slice(prefix);
+    value.extend_from_slice(remaining);
+    value.extend_from_slice(b";t=");
+    value.extend_from_slice(reset);
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(value))
         .unwrap_or_else(|_| HeaderValue::from_static(""))
-}
-
-/// `n` in decimal, written at the end of `digits` (on every response: cheaper than
-/// `core::fmt`).
-fn decimal(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    &digits[start..]
 }
 
 /// The 429 for a rejected decision, with its headers and the security event.
@@ -334,12 +319,18 @@ pub(crate) fn reject_missing_key<ResBody: Default>(kind: &str) -> Response<ResBo
 
 #[cfg(test)]
 mod tests {
-    use super::decimal;
+    use std::{num::NonZeroU32, time::Duration};
+
+    use super::{ratelimit_value, Decision, Limits};
+    use crate::rate_limit::Quota;
 
     #[test]
-    fn decimal_writes_every_digit() {
+    fn ratelimit_value_writes_every_digit() {
+        let limits = Limits::from(Quota::per_minute(NonZeroU32::MIN).named("api"));
         for n in [0, 1, 9, 10, 99, 100, 999_999, 1_000_000, u64::MAX - 1, u64::MAX] {
-            assert_eq!(decimal(n, &mut [0; 20]), n.to_string().as_bytes());
+            let decision = Decision::new(true, 0, n, Duration::from_millis(1_500), Duration::ZERO);
+            let value = ratelimit_value(&limits, &decision);
+            assert_eq!(value.to_str().unwrap(), format!("\"api\";r={n};t=2"));
         }
     }
 }
