@@ -2,11 +2,18 @@
 //! the same request, in process through `tower::ServiceExt::oneshot`:
 //!
 //! - **ours**: `Shield` (envelope, per-IP limit, HS256 JWT auth with its verified-token cache,
-//!   per-principal limit) and `Shield::standard(Requirement::scope("orders:read"))`;
+//!   per-principal limit) and `Shield::standard(Requirement::scope("orders:read"))`, inside
+//!   the router as the preset's docs show (`Router::layer`, `route_layer`: axum boxes and
+//!   clones each layered route per request);
+//! - **ours, outside the router**: the same layers around the router, as theirs are;
 //! - **theirs**: tower_governor (per-IP limit) → jwt-authorizer (HS256, `iss`/`aud`/`exp`
-//!   checked) with a claims check for the scope.
+//!   checked) with a claims check for the scope: the stack the issue's 2.5x target is set
+//!   against;
+//! - **theirs doing our work**: the same, plus what ours also does on every accepted request
+//!   (a generated, echoed request id with tower-http, rate-limit headers, and a second
+//!   tower_governor keyed by the verified `sub`).
 //!
-//! Each run ends with our overhead and theirs over bare axum, the ratio, and the cost of a 429
+//! Each run ends with our overhead and theirs over bare axum, the ratios, and the cost of a 429
 //! against the accepted request of both stacks. `cd benches/compare && cargo bench`.
 
 use std::{
@@ -25,6 +32,7 @@ use jwt_authorizer::IntoLayer;
 use serde::Deserialize;
 use tower::{Layer, Service, ServiceExt};
 use tower_governor::{governor::GovernorConfigBuilder, GovernorLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_shield::{
     auth::{jwt::Jwt, AuthLayer},
     preset::Shield,
@@ -63,15 +71,19 @@ fn request(token: &str) -> Request<Body> {
     request
 }
 
-fn ours(quota: Quota) -> Router {
+fn shield(quota: Quota) -> Shield {
     let jwt =
         Jwt::builder().hs256_secret(SECRET).issuer(ISSUER).audience(AUDIENCE).build().unwrap();
-    let shield = Shield::builder()
+    Shield::builder()
         .with_auth(AuthLayer::new(jwt))
         .with_ip_quota(quota.clone())
         .with_principal_quota(quota)
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+fn ours(quota: Quota) -> Router {
+    let shield = shield(quota);
     Router::new()
         .route(
             "/orders",
@@ -83,10 +95,20 @@ fn ours(quota: Quota) -> Router {
 
 #[derive(Clone, Deserialize)]
 struct Claims {
-    #[allow(dead_code)]
     sub: String,
     #[serde(default)]
     scope: String,
+}
+
+/// [`ours`] wrapped around the router, as [`theirs`] is: the shield, then the scope check.
+fn ours_outside(
+    quota: Quota,
+) -> impl Service<Request<Body>, Response = Response<impl Sized>, Error = Infallible> + Clone {
+    let shield = shield(quota);
+    tower::ServiceBuilder::new()
+        .layer(shield.clone())
+        .layer(shield.standard(Requirement::scope("orders:read")))
+        .service(bare_router())
 }
 
 /// tower_governor per IP, then jwt-authorizer HS256 with the scope as a claims check.
@@ -97,7 +119,69 @@ fn theirs(
 ) -> impl Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send> + Clone
 {
     let governor = GovernorConfigBuilder::default().period(per).burst_size(burst).finish().unwrap();
-    let governor = GovernorLayer::new(governor);
+    GovernorLayer::new(governor).layer(authorized(rt, bare_router()))
+}
+
+/// The peers doing the work ours does on an accepted request: a request id generated and
+/// echoed (tower-http), tower_governor per IP with its headers, jwt-authorizer with the scope
+/// check, and tower_governor per subject (the verified `sub`) with its headers.
+fn theirs_same_work(
+    rt: &tokio::runtime::Runtime,
+    per: Duration,
+    burst: u32,
+) -> impl Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send> + Clone
+{
+    let per_ip = GovernorConfigBuilder::default()
+        .period(per)
+        .burst_size(burst)
+        .use_headers()
+        .finish()
+        .unwrap();
+    let per_subject = GovernorConfigBuilder::default()
+        .key_extractor(Subject)
+        .period(per)
+        .burst_size(burst)
+        .use_headers()
+        .finish()
+        .unwrap();
+    let limited = GovernorLayer::new(per_subject).layer(bare_router());
+    tower::ServiceBuilder::new()
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(GovernorLayer::new(per_ip))
+        .service(authorized(rt, limited))
+}
+
+/// tower_governor's key for a per-principal limit: the `sub` of the claims jwt-authorizer put
+/// in the request.
+#[derive(Clone)]
+struct Subject;
+
+impl tower_governor::key_extractor::KeyExtractor for Subject {
+    type Key = String;
+
+    fn extract<T>(&self, request: &Request<T>) -> Result<String, tower_governor::GovernorError> {
+        request
+            .extensions()
+            .get::<jsonwebtoken9::TokenData<Claims>>()
+            .map(|data| data.claims.sub.clone())
+            .ok_or(tower_governor::GovernorError::UnableToExtractKey)
+    }
+}
+
+/// jwt-authorizer (HS256, `iss`/`aud`/`exp` checked, the scope as a claims check) around
+/// `inner`.
+fn authorized<S>(
+    rt: &tokio::runtime::Runtime,
+    inner: S,
+) -> impl Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send> + Clone
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
     let validation = jwt_authorizer::Validation::new().iss(&[ISSUER]).aud(&[AUDIENCE]);
     let jwt = rt
         .block_on(
@@ -110,14 +194,13 @@ fn theirs(
     let jwt = vec![jwt].into_layer();
     // jwt-authorizer 0.15 (the latest) is built on axum 0.7: its responses are axum 0.7 ones.
     // The bodies are converted on both sides of it (`Body::new`, one small allocation each).
-    let handler = ServiceExt::<Request<Body>>::map_response(bare_router(), |r: Response<Body>| {
+    let handler = ServiceExt::<Request<Body>>::map_response(inner, |r: Response<Body>| {
         r.map(axum07::body::Body::new)
     });
-    let authorized = ServiceExt::<Request<Body>>::map_response(
+    ServiceExt::<Request<Body>>::map_response(
         jwt.layer(handler),
         |r: Response<axum07::body::Body>| r.map(Body::new),
-    );
-    governor.layer(authorized)
+    )
 }
 
 fn run<S, B>(rt: &tokio::runtime::Runtime, service: &S, request: Request<Body>, want: StatusCode)
@@ -137,7 +220,7 @@ fn benches(c: &mut Criterion) {
     group.bench_function("bare", |b| b.iter(|| run(&rt, &bare, request(&token), StatusCode::OK)));
 
     let generous = Quota::per_second(NonZeroU32::MAX);
-    let shield = ours(generous);
+    let shield = ours(generous.clone());
     let peers = theirs(&rt, Duration::from_nanos(1), u32::MAX);
     for _ in 0..2 {
         // Sanity, in every build profile: both stacks accept the request.
@@ -150,6 +233,20 @@ fn benches(c: &mut Criterion) {
     });
     group.bench_function("theirs_accepted", |b| {
         b.iter(|| run(&rt, &peers, request(&token), StatusCode::OK))
+    });
+    let outside = ours_outside(generous);
+    run(&rt, &outside, request(&token), StatusCode::OK);
+    group.bench_function("ours_outside_accepted", |b| {
+        b.iter(|| run(&rt, &outside, request(&token), StatusCode::OK))
+    });
+    let same_work = theirs_same_work(&rt, Duration::from_nanos(1), u32::MAX);
+    // Sanity: the peers' response carries what ours does (a request id, limit headers).
+    let response = rt.block_on(same_work.clone().oneshot(request(&token))).unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers().contains_key("x-request-id"));
+    assert!(response.headers().contains_key("x-ratelimit-remaining"));
+    group.bench_function("theirs_same_work_accepted", |b| {
+        b.iter(|| run(&rt, &same_work, request(&token), StatusCode::OK))
     });
 
     // Exhausted per-IP limits: one request per hour, already spent.
@@ -234,6 +331,23 @@ fn summary(started: SystemTime) {
             if t >= 2.5 * o { "met" } else { "NOT MET" }
         );
         println!("  ours overhead <= 2 µs: {}", if o <= 2000.0 { "met" } else { "NOT MET" });
+        let outside = get("ours_outside_accepted").map(|x| x - bare);
+        if let Some(x) = outside {
+            println!(
+                "  ours outside the router, as theirs: overhead {}, {:.2}x cheaper than theirs",
+                us(x),
+                t / x
+            );
+        }
+        if let Some(w) = get("theirs_same_work_accepted").map(|w| w - bare) {
+            println!(
+                "  theirs doing our work (request id, per-subject limit, limit headers): \
+                 overhead {}; ours {:.2}x cheaper inside the router, {} outside",
+                us(w),
+                w / o,
+                outside.map_or("-".into(), |x| format!("{:.2}x", w / x))
+            );
+        }
         if let (Some(o429), Some(t429)) = (get("ours_429"), get("theirs_429")) {
             println!(
                 "  429 / accepted, whole request: ours {} / {} = {:.2}x, theirs {} / {} = {:.2}x",
@@ -274,16 +388,19 @@ fn summary(started: SystemTime) {
     }
 }
 
-/// The three accepted paths measured in turns: `ROUNDS` rounds, each timing `BATCH` requests
-/// of bare axum, ours and theirs back to back, so that a slow spell of a shared machine
-/// weighs on all three alike. Prints the median of the per-round overheads and ratios.
+/// The accepted paths measured in turns: `ROUNDS` rounds, each timing `BATCH` requests of bare
+/// axum, ours (inside and outside the router) and theirs back to back, so that a slow spell of
+/// a shared machine weighs on all of them alike. Prints the medians of the per-round overheads
+/// and ratios.
 fn interleaved(rt: &tokio::runtime::Runtime) {
     const ROUNDS: usize = 60;
     const BATCH: u32 = 2_000;
     let token = token();
     let bare = bare_router();
     let shield = ours(Quota::per_second(NonZeroU32::MAX));
+    let outside = ours_outside(Quota::per_second(NonZeroU32::MAX));
     let peers = theirs(rt, Duration::from_nanos(1), u32::MAX);
+    let same_work = theirs_same_work(rt, Duration::from_nanos(1), u32::MAX);
     let time = |f: &dyn Fn()| {
         let start = std::time::Instant::now();
         for _ in 0..BATCH {
@@ -292,13 +409,23 @@ fn interleaved(rt: &tokio::runtime::Runtime) {
         start.elapsed().as_nanos() as f64 / f64::from(BATCH)
     };
     let (mut ours_oh, mut theirs_oh, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut outside_oh, mut outside_ratios) = (Vec::new(), Vec::new());
+    let (mut same_oh, mut same_ratios, mut same_outside_ratios) =
+        (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         let b = time(&|| run(rt, &bare, request(&token), StatusCode::OK));
         let o = time(&|| run(rt, &shield, request(&token), StatusCode::OK));
+        let x = time(&|| run(rt, &outside, request(&token), StatusCode::OK));
         let t = time(&|| run(rt, &peers, request(&token), StatusCode::OK));
+        let w = time(&|| run(rt, &same_work, request(&token), StatusCode::OK));
+        same_oh.push(w - b);
+        same_ratios.push((w - b) / (o - b));
+        same_outside_ratios.push((w - b) / (x - b));
         ours_oh.push(o - b);
         theirs_oh.push(t - b);
         ratios.push((t - b) / (o - b));
+        outside_oh.push(x - b);
+        outside_ratios.push((t - b) / (x - b));
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -314,6 +441,21 @@ fn interleaved(rt: &tokio::runtime::Runtime) {
         if r >= 2.5 { "met" } else { "NOT MET" },
         if o <= 2000.0 { "met" } else { "NOT MET" },
     );
+    let (x, xr) = (median(&mut outside_oh), median(&mut outside_ratios));
+    println!(
+        "  ours outside the router, as theirs: overhead {:.2} µs; {xr:.2}x cheaper \
+         (target >= 2.5x: {}); <= 2 µs: {}",
+        x / 1000.0,
+        if xr >= 2.5 { "met" } else { "NOT MET" },
+        if x <= 2000.0 { "met" } else { "NOT MET" },
+    );
+    let (w, wr, wx) =
+        (median(&mut same_oh), median(&mut same_ratios), median(&mut same_outside_ratios));
+    println!(
+        "  theirs doing our work (request id, per-subject limit, limit headers): overhead \
+         {:.2} µs; ours {wr:.2}x cheaper inside the router, {wx:.2}x outside",
+        w / 1000.0,
+    );
 }
 
 fn main() {
@@ -322,7 +464,9 @@ fn main() {
     benches(&mut criterion);
     criterion.final_summary();
     summary(started);
-    if std::env::args().any(|a| a == "--bench") {
+    // Not under `--profile-time` (a profiler's run of one bench), nor `cargo test`.
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--bench") && !args.iter().any(|a| a == "--profile-time") {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         interleaved(&rt);
     }
