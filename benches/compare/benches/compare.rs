@@ -408,7 +408,8 @@ fn interleaved(rt: &tokio::runtime::Runtime) {
         }
         start.elapsed().as_nanos() as f64 / f64::from(BATCH)
     };
-    let (mut ours_oh, mut theirs_oh, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut bares, mut ours_oh, mut theirs_oh, mut ratios) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut outside_oh, mut outside_ratios) = (Vec::new(), Vec::new());
     let (mut same_oh, mut same_ratios, mut same_outside_ratios) =
         (Vec::new(), Vec::new(), Vec::new());
@@ -418,6 +419,7 @@ fn interleaved(rt: &tokio::runtime::Runtime) {
         let x = time(&|| run(rt, &outside, request(&token), StatusCode::OK));
         let t = time(&|| run(rt, &peers, request(&token), StatusCode::OK));
         let w = time(&|| run(rt, &same_work, request(&token), StatusCode::OK));
+        bares.push(b);
         same_oh.push(w - b);
         same_ratios.push((w - b) / (o - b));
         same_outside_ratios.push((w - b) / (x - b));
@@ -433,6 +435,7 @@ fn interleaved(rt: &tokio::runtime::Runtime) {
     };
     let (o, t, r) = (median(&mut ours_oh), median(&mut theirs_oh), median(&mut ratios));
     println!("\nInterleaved ({ROUNDS} rounds of {BATCH} requests each, medians per round):");
+    println!("  bare axum {:.2} µs per request", median(&mut bares) / 1000.0);
     println!(
         "  overhead over bare: ours {:.2} µs, theirs {:.2} µs; ours is {r:.2}x cheaper \
          (target >= 2.5x: {}); ours <= 2 µs: {}",
