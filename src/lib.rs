@@ -78,6 +78,7 @@
 //! [tower]: https://docs.rs/tower
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
+#![forbid(unsafe_code)]
 
 #[cfg(all(feature = "auth", not(any(feature = "jwt-aws-lc-rs", feature = "jwt-rust-crypto"))))]
 compile_error!(
