@@ -22,21 +22,23 @@ use super::{
 /// See the [module docs](crate::rate_limit) for an example.
 pub struct RateLimit<S, K, St> {
     inner: S,
-    layer: RateLimitLayer<K, St>,
+    // One reference count per clone (axum clones a layered route on every request), not one
+    // per part of the layer.
+    layer: Arc<RateLimitLayer<K, St>>,
 }
 
 impl<S, K, St> RateLimit<S, K, St> {
     /// Wraps `inner` with the configuration of `layer`.
     pub fn new(inner: S, layer: RateLimitLayer<K, St>) -> Self {
-        Self { inner, layer }
+        Self { inner, layer: Arc::new(layer) }
     }
 
     define_inner_service_accessors!();
 }
 
-impl<S: Clone, K, St: Clone> Clone for RateLimit<S, K, St> {
+impl<S: Clone, K, St> Clone for RateLimit<S, K, St> {
     fn clone(&self) -> Self {
-        Self { inner: self.inner.clone(), layer: self.layer.clone() }
+        Self { inner: self.inner.clone(), layer: Arc::clone(&self.layer) }
     }
 }
 
