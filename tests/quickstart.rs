@@ -18,6 +18,9 @@ async fn health_is_public_and_carries_a_request_id() {
     assert_eq!(response.status(), StatusCode::OK);
     let id = response.headers()["x-request-id"].to_str().unwrap();
     assert_eq!(id.len(), 36, "a generated UUID: {id}");
+    // Load balancers probe with HEAD, which axum answers with the GET handler.
+    let response = client().head(app.url("/health")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
 }
 
 #[tokio::test]

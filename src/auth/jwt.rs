@@ -14,13 +14,19 @@
 //!    key. Header `jwk`, `jku`, `x5u` and `x5c` are ignored: keys come only from configuration
 //!    or from the [`KeySource`].
 //! 4. The signature verifies.
-//! 5. `exp` is present and in the future, `nbf` (if present) is past, `iat` (if present) is not
+//! 5. The payload is a JSON object with no claim name twice (RFC 7519 lets a parser keep the
+//!    last one; rejecting leaves no room for a gateway and this crate to read different
+//!    claims).
+//! 6. `exp` is present and in the future, `nbf` (if present) is past, `iat` (if present) is not
 //!    in the future, all with [`leeway`](JwtBuilder::leeway) (60 s), and time comes from the
 //!    configured [`Clock`]. Optionally `exp - iat` is at most
 //!    [`max_lifetime`](JwtBuilder::max_lifetime) and the header `typ` is `at+jwt`.
-//! 6. `iss` is one of the configured issuers, `aud` (a string or an array) names one of the
+//! 7. `iss` is one of the configured issuers, `aud` (a string or an array) names one of the
 //!    configured audiences, and `sub` is a non-empty string.
-//! 7. The token is not revoked (with [`JwtBuilder::with_revocation`]).
+//! 8. The token is not revoked (with [`JwtBuilder::with_revocation`]).
+//!
+//! Scopes come from `scope` (a string of scope tokens separated by single spaces, or an
+//! array), else from `scp` (the same forms); a tab or a line feed does not separate scopes.
 //!
 //! Verified tokens are cached (bounded, revocation-aware), so a repeated RS256 token costs
 //! about what an HS256 one does. An entry keeps the token itself: a hit is a keyed hash
@@ -783,7 +789,12 @@ fn numeric_date(value: &Value) -> Option<u64> {
 
 fn strings(value: Option<&Value>) -> Vec<String> {
     match value {
-        Some(Value::String(s)) => s.split_ascii_whitespace().map(str::to_owned).collect(),
+        // Scope tokens are separated by one space (RFC 6749, section 3.3) and contain no
+        // other whitespace: a tab or a line feed stays inside its token, which then matches no
+        // requirement, instead of splitting it as an identity provider would not.
+        Some(Value::String(s)) => {
+            s.split(' ').filter(|t| !t.is_empty()).map(str::to_owned).collect()
+        }
         Some(Value::Array(items)) => {
             items.iter().filter_map(Value::as_str).map(str::to_owned).collect()
         }
@@ -791,11 +802,52 @@ fn strings(value: Option<&Value>) -> Vec<String> {
     }
 }
 
+const DUPLICATE_CLAIM: &str = "duplicate claim name";
+
+/// The claims set, read as a JSON object whose member names are unique. RFC 7519 (section 4)
+/// lets a parser keep the last of duplicated names instead; rejecting them leaves no room for
+/// a parser differential (a gateway that reads the first `sub`, this crate the last).
+struct Claims(Map<String, Value>);
+
+impl<'de> Deserialize<'de> for Claims {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members;
+
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = Claims;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Claims, A::Error> {
+                let mut claims = Map::new();
+                while let Some((name, value)) = map.next_entry::<String, Value>()? {
+                    if claims.insert(name, value).is_some() {
+                        return Err(serde::de::Error::custom(DUPLICATE_CLAIM));
+                    }
+                }
+                Ok(Claims(claims))
+            }
+        }
+
+        deserializer.deserialize_map(Members)
+    }
+}
+
 fn validate_claims(inner: &Inner, parsed: &Parsed<'_>, now: u64) -> Result<Verified, &'static str> {
     let payload =
         URL_SAFE_NO_PAD.decode(parsed.payload).map_err(|_| "jwt: payload is not base64url")?;
-    let claims: Map<String, Value> =
-        serde_json::from_slice(&payload).map_err(|_| "jwt: payload is not a JSON object")?;
+    let Claims(claims) = serde_json::from_slice(&payload).map_err(|e| {
+        if e.is_data() && e.to_string().starts_with(DUPLICATE_CLAIM) {
+            "jwt: duplicate claim name"
+        } else {
+            "jwt: payload is not a JSON object"
+        }
+    })?;
     let leeway = inner.leeway;
 
     let exp = claims.get("exp").ok_or("jwt: no exp")?;

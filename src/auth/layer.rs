@@ -81,7 +81,8 @@ impl AuthLayer {
     /// The match is exact on the raw request path: a public `/health` does not make
     /// `/health/`, `/healthz` or `/health/x` public, and a request path with dot segments,
     /// `//`, or percent-encoded `/`, `.` or `\` is never public, so `/health/../orders` still
-    /// needs a credential. `HEAD` is a separate method: add it too if the route answers it.
+    /// needs a credential. A public `GET` makes `HEAD` on the same path public too (HEAD is
+    /// GET without the body, and axum's `get` answers both); other methods are separate.
     ///
     /// # Errors
     ///

@@ -19,6 +19,12 @@ impl PublicRoutes {
                  percent-encoded `/`, `.` or `\\`, `;`, a query or a fragment",
             ));
         }
+        // HEAD is GET without the body (RFC 9110, section 9.3.2), and axum's `get` answers
+        // both: a public GET whose HEAD asked for a credential would turn health probes into
+        // 401s, and HEAD can tell nothing that GET does not.
+        if method == Method::GET {
+            self.routes.insert((Method::HEAD, path.into()));
+        }
         self.routes.insert((method, path.into()));
         Ok(())
     }
@@ -78,6 +84,21 @@ mod tests {
             assert!(!routes.contains(&Method::GET, path), "{path} must not be public");
         }
         assert!(!routes.contains(&Method::POST, "/health"));
+    }
+
+    #[test]
+    fn a_public_get_makes_head_public_and_nothing_else() {
+        let mut routes = PublicRoutes::default();
+        routes.add(Method::GET, "/health").unwrap();
+        routes.add(Method::POST, "/login").unwrap();
+        assert!(routes.contains(&Method::HEAD, "/health"));
+        assert!(!routes.contains(&Method::HEAD, "/health/../orders"));
+        assert!(!routes.contains(&Method::HEAD, "/login"));
+        assert!(!routes.contains(&Method::GET, "/login"));
+        assert!(!routes.contains(&Method::OPTIONS, "/health"));
+        let mut head_only = PublicRoutes::default();
+        head_only.add(Method::HEAD, "/ping").unwrap();
+        assert!(!head_only.contains(&Method::GET, "/ping"));
     }
 
     #[test]

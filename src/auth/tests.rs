@@ -680,6 +680,34 @@ fn malformed_tokens() {
     )
     .unwrap();
     assert_rejected(&jwt, &format!("{message}.{sig}"), "jwt: payload is not a JSON object");
+    // Duplicated claim names, correctly signed: a parser keeping the first and one keeping the
+    // last would disagree on the subject or the expiry.
+    let sign_payload = |payload: &str| {
+        let message = format!("{}.{}", b64(&header), URL_SAFE_NO_PAD.encode(payload));
+        let sig = jsonwebtoken::crypto::sign(
+            message.as_bytes(),
+            &EncodingKey::from_secret(SECRET),
+            Algorithm::HS256,
+        )
+        .unwrap();
+        format!("{message}.{sig}")
+    };
+    let body = format!(r#""iss":"{ISS}","aud":"{AUD}","exp":{}"#, now() + 600);
+    let duplicated = [
+        format!(r#"{{{body},"sub":"alice","sub":"bob"}}"#),
+        format!(r#"{{"exp":{},{body},"sub":"alice"}}"#, now() - 3600),
+        format!(r#"{{{body},"sub":"alice","scope":"a","scope":"orders:admin"}}"#),
+    ];
+    for payload in &duplicated {
+        assert_rejected(&jwt, &sign_payload(payload), "jwt: duplicate claim name");
+    }
+    // The same claims once each are accepted, and a name repeated inside a nested object is
+    // that object's business.
+    assert_accepted(&jwt, &sign_payload(&format!(r#"{{{body},"sub":"alice"}}"#)));
+    assert_accepted(
+        &jwt,
+        &sign_payload(&format!(r#"{{{body},"sub":"alice","ext":{{"a":1,"b":{{"a":2}}}}}}"#)),
+    );
     // Regression (found writing the `jwt` fuzz target): a header that is a JSON array, correctly
     // signed, was read as `{"alg": "HS256"}`.
     for header in ["[\"HS256\"]", " [\"HS256\", null, null, null]"] {
@@ -841,6 +869,19 @@ fn claims_map_into_the_principal() {
     let p = assert_accepted(&jwt, &hs256(&scp));
     assert_eq!(p.scopes().collect::<Vec<_>>(), ["a", "b"]);
     assert_eq!(p.client_id(), Some("cli"));
+
+    // Only a space separates scope tokens (RFC 6749, section 3.3); doubled spaces are lenient.
+    for (scope, want) in [
+        ("orders:read  orders:write ", &["orders:read", "orders:write"][..]),
+        ("orders:read\torders:write", &["orders:read\torders:write"][..]),
+        ("orders:read\norders:admin", &["orders:read\norders:admin"][..]),
+        ("orders:read\u{a0}orders:admin", &["orders:read\u{a0}orders:admin"][..]),
+    ] {
+        let mut c = claims();
+        c["scope"] = json!(scope);
+        let p = assert_accepted(&jwt, &hs256(&c));
+        assert_eq!(p.scopes().collect::<Vec<_>>(), want, "{scope:?}");
+    }
 }
 
 // ---------------------------------------------------------------- cache
