@@ -241,8 +241,9 @@ fn app<St: Store + Clone>(
         .route_layer(auth)
         // Every request, routed or not.
         .layer(per_ip)
-        // Outermost: request ids and one error body for every failure.
-        .layer(ErrorEnvelopeLayer::new()))
+        // Outermost: request ids and one error body for every failure. This API serves no
+        // gRPC, so no client gets its errors as gRPC statuses (HTTP 200).
+        .layer(ErrorEnvelopeLayer::new().grpc(false)))
 }
 
 type AppStateRef<St> = State<Arc<AppState<St>>>;

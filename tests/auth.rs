@@ -143,15 +143,24 @@ async fn statuses_challenges_and_envelopes() {
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{path}");
     }
 
-    // gRPC: the envelope turns the rejection into UNAUTHENTICATED.
+    // gRPC-Web: the envelope turns the rejection into UNAUTHENTICATED.
+    let response = client
+        .post(url("/orders"))
+        .header("content-type", "application/grpc-web+proto")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["grpc-status"], "16");
+    // `application/grpc` over HTTP/1.1 cannot be gRPC: the client gets the HTTP status.
     let response = client
         .post(url("/orders"))
         .header("content-type", "application/grpc")
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.headers()["grpc-status"], "16");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert!(!response.headers().contains_key("grpc-status"));
 }
 
 #[tokio::test]

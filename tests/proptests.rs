@@ -335,7 +335,7 @@ proptest! {
         };
         let layer = ErrorEnvelopeLayer::new().keep_client_error_bodies(keep_client_error_bodies);
         let service = layer.layer(inner);
-        let mut request = Request::post("/orders");
+        let mut request = Request::post("/orders").version(http::Version::HTTP_2);
         request = match protocol {
             Protocol::Json => request,
             Protocol::Problem => request.header(header::ACCEPT, "application/problem+json"),

@@ -154,6 +154,7 @@ async fn grpc_requests_get_resource_exhausted() {
         });
     let request = || {
         let mut request = http::Request::post("/greeter.Greeter/SayHello")
+            .version(http::Version::HTTP_2)
             .header("content-type", "application/grpc")
             .body(axum::body::Body::empty())
             .unwrap();

@@ -20,6 +20,7 @@ pub struct ErrorEnvelopeLayer<M = MakeRequestUuid, R = DefaultRender> {
     pub(crate) format: Option<Format>,
     pub(crate) keep_client_error_bodies: bool,
     pub(crate) trust_request_id: bool,
+    pub(crate) grpc: bool,
 }
 
 impl ErrorEnvelopeLayer {
@@ -32,6 +33,7 @@ impl ErrorEnvelopeLayer {
             format: None,
             keep_client_error_bodies: false,
             trust_request_id: true,
+            grpc: true,
         }
     }
 }
@@ -72,6 +74,26 @@ impl<M, R> ErrorEnvelopeLayer<M, R> {
         self
     }
 
+    /// Whether gRPC requests get gRPC statuses (default `true`): HTTP 200 with `grpc-status`
+    /// and `grpc-message`, as gRPC clients need. With `false`, for a service that serves no
+    /// gRPC, every error keeps its HTTP status and the envelope body whatever content type a
+    /// client sends, so a client cannot make its 401s and 429s look like 200s in access logs.
+    ///
+    /// A request is gRPC when its `Content-Type` is `application/grpc-web*` (gRPC-Web, any HTTP
+    /// version), or `application/grpc*` over HTTP/2 (gRPC runs on nothing else).
+    ///
+    /// ```
+    /// use tower_shield::envelope::ErrorEnvelopeLayer;
+    ///
+    /// // A REST-only API.
+    /// let layer = ErrorEnvelopeLayer::new().grpc(false);
+    /// # let _ = layer;
+    /// ```
+    pub fn grpc(mut self, enabled: bool) -> Self {
+        self.grpc = enabled;
+        self
+    }
+
     /// Replaces how new request ids are made.
     pub fn with_make_request_id<M2: MakeRequestId>(self, make: M2) -> ErrorEnvelopeLayer<M2, R> {
         ErrorEnvelopeLayer {
@@ -81,6 +103,7 @@ impl<M, R> ErrorEnvelopeLayer<M, R> {
             format: self.format,
             keep_client_error_bodies: self.keep_client_error_bodies,
             trust_request_id: self.trust_request_id,
+            grpc: self.grpc,
         }
     }
 
@@ -93,6 +116,7 @@ impl<M, R> ErrorEnvelopeLayer<M, R> {
             format: self.format,
             keep_client_error_bodies: self.keep_client_error_bodies,
             trust_request_id: self.trust_request_id,
+            grpc: self.grpc,
         }
     }
 }

@@ -6,8 +6,10 @@
 //!   extensions and is rendered from it: `{"code", "message", "request_id", "details"?}` as
 //!   `application/json`, or RFC 9457 `application/problem+json` when the client's `Accept` asks
 //!   for it (or [`ErrorEnvelopeLayer::format`] says so).
-//! - A gRPC request (`content-type: application/grpc*`) gets a trailers-only response instead:
-//!   HTTP 200 with `grpc-status` and a percent-encoded `grpc-message`.
+//! - A gRPC request (`content-type: application/grpc*` over HTTP/2, or gRPC-Web's
+//!   `application/grpc-web*`) gets a trailers-only response instead: HTTP 200 with
+//!   `grpc-status` and a percent-encoded `grpc-message`. A service that serves no gRPC turns
+//!   this off with [`ErrorEnvelopeLayer::grpc`].
 //! - A bare error response of the inner service (a router's 404 or 405, a handler's 500) is
 //!   normalised into the same envelope. Its body is dropped, so internal text never reaches the
 //!   client; [`ErrorEnvelopeLayer::keep_client_error_bodies`] lets a service's own 4xx bodies

@@ -19,8 +19,11 @@ pub enum Format {
 }
 
 impl Format {
-    /// The format a client asks for: [`Format::Problem`] when its `Accept` header lists
-    /// `application/problem+json` (with a non-zero `q`), else [`Format::Json`].
+    /// The format a client asks for: [`Format::Problem`] when its `Accept` header names
+    /// `application/problem+json` with a non-zero `q` at least as high as what it gives
+    /// `application/json` (named, or matched by `application/*` or `*/*`, the most specific
+    /// range counting, as RFC 9110 section 12.5.1 says), else [`Format::Json`]. A wildcard alone
+    /// never asks for problem details.
     ///
     /// ```
     /// use http::{header::ACCEPT, HeaderMap};
@@ -30,28 +33,55 @@ impl Format {
     /// assert_eq!(Format::negotiate(&headers), Format::Json);
     /// headers.insert(ACCEPT, "application/problem+json, application/json;q=0.5".parse().unwrap());
     /// assert_eq!(Format::negotiate(&headers), Format::Problem);
+    /// headers.insert(ACCEPT, "application/json, application/problem+json;q=0.1".parse().unwrap());
+    /// assert_eq!(Format::negotiate(&headers), Format::Json);
     /// ```
     pub fn negotiate(headers: &HeaderMap) -> Self {
-        let wants_problem = headers.get_all(header::ACCEPT).iter().any(|value| {
-            let Ok(value) = value.to_str() else { return false };
-            value.split(',').any(|range| {
+        // The highest `q` of each: problem details (named only), and JSON by the most
+        // specific range that matches it (0: named, 1: `application/*`, 2: `*/*`).
+        let mut problem: Option<f32> = None;
+        let mut json: Option<(u8, f32)> = None;
+        for value in headers.get_all(header::ACCEPT) {
+            let Ok(value) = value.to_str() else { continue };
+            for range in value.split(',') {
                 let mut parts = range.split(';');
                 let media = parts.next().unwrap_or_default().trim();
-                media.eq_ignore_ascii_case("application/problem+json")
-                    && !parts.any(|p| {
-                        let p = p.trim();
-                        p.len() >= 2
-                            && p[..2].eq_ignore_ascii_case("q=")
-                            && p[2..].trim().parse::<f32>().is_ok_and(|q| q <= 0.0)
-                    })
-            })
-        });
-        if wants_problem {
-            Self::Problem
-        } else {
-            Self::Json
+                let q = parts.find_map(quality).unwrap_or(1.0);
+                let specificity = if media.eq_ignore_ascii_case("application/problem+json") {
+                    problem = Some(problem.map_or(q, |p| p.max(q)));
+                    continue;
+                } else if media.eq_ignore_ascii_case("application/json") {
+                    0
+                } else if media.eq_ignore_ascii_case("application/*") {
+                    1
+                } else if media == "*/*" {
+                    2
+                } else {
+                    continue;
+                };
+                json = match json {
+                    Some((s, old)) if s < specificity => Some((s, old)),
+                    Some((s, old)) if s == specificity => Some((s, old.max(q))),
+                    _ => Some((specificity, q)),
+                };
+            }
+        }
+        match problem {
+            Some(p) if p > 0.0 && p >= json.map_or(0.0, |(_, q)| q) => Self::Problem,
+            _ => Self::Json,
         }
     }
+}
+
+/// The `q` of an `Accept` parameter, if it is one, clamped to 0..=1; an unreadable value
+/// counts as 1, as if it were absent.
+fn quality(parameter: &str) -> Option<f32> {
+    let parameter = parameter.trim();
+    if !parameter.get(..2).is_some_and(|name| name.eq_ignore_ascii_case("q=")) {
+        return None;
+    }
+    let q = parameter[2..].trim().parse::<f32>().ok().filter(|q| q.is_finite()).unwrap_or(1.0);
+    Some(q.clamp(0.0, 1.0))
 }
 
 /// What the envelope knows about the request when it renders an error.
@@ -255,6 +285,39 @@ mod tests {
             .insert(header::ACCEPT, HeaderValue::from_static("Application/Problem+JSON ; q=0.1"));
         assert_eq!(Format::negotiate(&headers), Format::Problem);
         headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        assert_eq!(Format::negotiate(&headers), Format::Json);
+    }
+
+    #[test]
+    fn negotiation_weighs_json_against_problem_details() {
+        let cases = [
+            ("application/problem+json", Format::Problem),
+            ("application/json, application/problem+json", Format::Problem),
+            ("application/json;q=1, application/problem+json;q=0.1", Format::Json),
+            ("application/problem+json;q=0.5, application/json;q=0.9", Format::Json),
+            ("application/problem+json;q=0.9, application/json;q=0.5", Format::Problem),
+            // The most specific range counts: `application/json;q=0.2` beats `*/*`.
+            ("application/problem+json;q=0.5, application/json;q=0.2, */*", Format::Problem),
+            ("application/problem+json;q=0.5, */*", Format::Json),
+            ("application/problem+json;q=0.5, application/*;q=0.4", Format::Problem),
+            ("application/problem+json;q=0.5, application/*;q=0.6, */*;q=0.1", Format::Json),
+            ("text/html, application/problem+json;q=0.3", Format::Problem),
+            ("application/problem+json;q=abc", Format::Problem),
+            ("application/problem+json;q=7", Format::Problem),
+            ("application/problem+json;q=-1", Format::Json),
+            ("application/problem+json;level=1;q=0", Format::Json),
+            ("application/problem+jsonx", Format::Json),
+            ("", Format::Json),
+        ];
+        for (accept, want) in cases {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::ACCEPT, HeaderValue::from_static(accept));
+            assert_eq!(Format::negotiate(&headers), want, "{accept}");
+        }
+        // Several `Accept` fields are one list.
+        let mut headers = HeaderMap::new();
+        headers.append(header::ACCEPT, HeaderValue::from_static("application/json"));
+        headers.append(header::ACCEPT, HeaderValue::from_static("application/problem+json;q=0.5"));
         assert_eq!(Format::negotiate(&headers), Format::Json);
     }
 }

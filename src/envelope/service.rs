@@ -5,7 +5,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{header, Request, Response};
+use http::{header, Request, Response, Version};
 use http_body::Body;
 use tower_service::Service;
 use tracing::{field::Empty, Span};
@@ -69,7 +69,7 @@ where
         request.headers_mut().insert(config.header_name.clone(), request_id.header_value().clone());
         request.extensions_mut().insert(request_id.clone());
 
-        let grpc = is_grpc(&request);
+        let grpc = config.grpc && is_grpc(&request);
         let format = config.format.unwrap_or_else(|| Format::negotiate(request.headers()));
         let span = tracing::info_span!(
             target: "tower_shield",
@@ -130,10 +130,12 @@ where
     }
 }
 
-/// `application/grpc`, `application/grpc+proto`, `application/grpc-web`...
-fn is_grpc<B>(request: &Request<B>) -> bool {
-    request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
+/// gRPC-Web (`application/grpc-web`, `application/grpc-web+proto`...) over any HTTP version,
+/// gRPC (`application/grpc`, `application/grpc+proto`...) over HTTP/2 only: over HTTP/1.1 it
+/// cannot be gRPC, only a client asking for its errors to look like 200s.
+pub(crate) fn is_grpc<B>(request: &Request<B>) -> bool {
+    let Some(content_type) = request.headers().get(header::CONTENT_TYPE) else { return false };
+    let content_type = content_type.as_bytes();
+    content_type.starts_with(b"application/grpc-web")
+        || content_type.starts_with(b"application/grpc") && request.version() == Version::HTTP_2
 }

@@ -184,6 +184,7 @@ async fn every_kind_renders_as_grpc_trailers_only() {
     for kind in ALL_KINDS {
         let (_, _, grpc_status) = expected(kind);
         let request = request()
+            .version(http::Version::HTTP_2)
             .header(header::CONTENT_TYPE, "application/grpc+proto")
             .header("x-request-id", "rid-3")
             .body(Full::default())
@@ -203,6 +204,48 @@ async fn every_kind_renders_as_grpc_trailers_only() {
 }
 
 #[tokio::test]
+async fn grpc_statuses_only_for_grpc_over_http2_grpc_web_and_when_enabled() {
+    use http::Version;
+    let cases = [
+        (Version::HTTP_2, "application/grpc", true),
+        (Version::HTTP_2, "application/grpc+json", true),
+        (Version::HTTP_11, "application/grpc", false),
+        (Version::HTTP_11, "application/grpc+proto", false),
+        (Version::HTTP_10, "application/grpc", false),
+        (Version::HTTP_11, "application/grpc-web", true),
+        (Version::HTTP_11, "application/grpc-web-text+proto", true),
+        (Version::HTTP_2, "application/json", false),
+        (Version::HTTP_2, "text/grpc", false),
+    ];
+    for (version, content_type, grpc) in cases {
+        for enabled in [true, false] {
+            let service = ErrorEnvelopeLayer::new().grpc(enabled).layer(service_fn(
+                |_req: Request<Full<Bytes>>| async {
+                    Ok::<_, Infallible>(
+                        Error::new(ErrorKind::RateLimited).to_response::<Full<Bytes>>(),
+                    )
+                },
+            ));
+            let request = request()
+                .version(version)
+                .header(header::CONTENT_TYPE, content_type)
+                .body(Full::default())
+                .unwrap();
+            let response = service.oneshot(request).await.unwrap();
+            let case = format!("{version:?} {content_type} enabled={enabled}");
+            if grpc && enabled {
+                assert_eq!(response.status(), StatusCode::OK, "{case}");
+                assert_eq!(response.headers()["grpc-status"], "8", "{case}");
+            } else {
+                assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS, "{case}");
+                assert!(!response.headers().contains_key("grpc-status"), "{case}");
+                assert_eq!(to_json(response.into_body()).await["code"], "rate_limited", "{case}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
 async fn grpc_success_passes_through() {
     let service = ErrorEnvelopeLayer::new().layer(service_fn(|_req: Request<Full<Bytes>>| async {
         let response = Response::builder()
@@ -211,8 +254,11 @@ async fn grpc_success_passes_through() {
             .unwrap();
         Ok::<_, Infallible>(response)
     }));
-    let request =
-        request().header(header::CONTENT_TYPE, "application/grpc").body(Full::default()).unwrap();
+    let request = request()
+        .version(http::Version::HTTP_2)
+        .header(header::CONTENT_TYPE, "application/grpc")
+        .body(Full::default())
+        .unwrap();
     let response = service.oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert!(!response.headers().contains_key("grpc-status"));
@@ -516,6 +562,7 @@ fn grpc_paths_are_route_labels_only_once_a_service_answered() {
             ));
             let request = request()
                 .uri(path)
+                .version(http::Version::HTTP_2)
                 .header(header::CONTENT_TYPE, "application/grpc")
                 .body(Full::default())
                 .unwrap();

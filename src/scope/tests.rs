@@ -388,7 +388,11 @@ async fn tenant_or_support_role() {
 }
 
 fn grpc(path: &str) -> Request<String> {
-    Request::post(path).header("content-type", "application/grpc").body(String::new()).unwrap()
+    Request::post(path)
+        .version(http::Version::HTTP_2)
+        .header("content-type", "application/grpc")
+        .body(String::new())
+        .unwrap()
 }
 
 #[tokio::test]
