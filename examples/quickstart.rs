@@ -197,7 +197,7 @@ fn app<St: Store + Clone>(
         "properties": {
             "item": {"type": "string", "minLength": 1, "maxLength": 80},
             "quantity": {"type": "integer", "minimum": 1, "maximum": 1000},
-            "note": {"type": "string", "maxLength": 500}
+            "note": {"type": ["string", "null"], "maxLength": 500}
         }
     }))?;
     let login_body = ValidateLayer::new().max_body_size(4 * 1024).schema(&json!({
@@ -264,7 +264,8 @@ async fn login<St: Store + Clone>(
         // password get the same answer.
         state.login_per_ip.record_failure(&by_ip).await;
         state.login_per_user.record_failure(&by_user).await;
-        return Err(Error::new(ErrorKind::InvalidToken)
+        // `unauthenticated`, not `invalid_token`: no token was sent (RFC 6750).
+        return Err(Error::new(ErrorKind::Unauthenticated)
             .with_challenge(Challenge::bearer("api"))
             .with_reason("login: bad username or password"));
     }

@@ -401,7 +401,7 @@ pub fn idempotency_key(data: &[u8]) {
         Err(error) => {
             assert_eq!(error.kind(), ErrorKind::InvalidRequest);
             let detail = &error.details()[0];
-            assert_eq!(detail.field(), "header:Idempotency-Key");
+            assert_eq!(detail.field(), "header:idempotency-key");
             let issues = ["duplicate", "empty", "too_long", "invalid_character", "malformed"];
             assert!(issues.contains(&detail.issue()), "issue {:?}", detail.issue());
             assert_eq!(mode & 1 == 1, detail.issue() == "duplicate");

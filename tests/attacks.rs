@@ -746,7 +746,7 @@ async fn api6_sensitive_business_flows_idempotency_key_reuse_with_different_body
         .unwrap();
     let body = envelope(response, StatusCode::BAD_REQUEST, "invalid_request").await;
     assert!(!body.to_string().contains("MARKER"), "{body}");
-    assert_eq!(details(&body)[0].0, "header:Idempotency-Key");
+    assert_eq!(details(&body)[0].0, "header:idempotency-key");
 }
 
 // API8:2023 Security Misconfiguration

@@ -147,7 +147,14 @@ async fn rejections_are_rendered_by_the_envelope() {
     assert!(!body.contains("secret-"), "the key is never echoed: {body}");
     let body: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["code"], "invalid_request");
-    assert_eq!(body["details"], json!([{"field": "header:Idempotency-Key", "issue": "too_long"}]));
+    assert_eq!(
+        body["details"],
+        json!([{
+            "field": "header:idempotency-key",
+            "issue": "too_long",
+            "message": "must be at most 255 characters"
+        }])
+    );
 
     let missing = client()
         .post(format!("http://{addr}/payments"))

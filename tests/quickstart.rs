@@ -157,9 +157,11 @@ async fn login_failures_look_alike_and_are_limited() {
         wrong_password.headers()[header::WWW_AUTHENTICATE]
     );
     assert_eq!(body_without_id(unknown_user).await, body_without_id(wrong_password).await);
+    let body = login("demo", "wrong").await.unwrap().json::<Value>().await.unwrap();
+    assert_eq!(body["code"], "unauthenticated", "no token was sent: {body}");
 
-    // 5 failures per minute per IP: 2 so far, 3 more, then 429 with Retry-After.
-    for _ in 0..3 {
+    // 5 failures per minute per IP: 3 so far, 2 more, then 429 with Retry-After.
+    for _ in 0..2 {
         assert_eq!(login("demo", "wrong").await.unwrap().status(), StatusCode::UNAUTHORIZED);
     }
     let limited = login("demo", "right-password").await.unwrap();
@@ -225,6 +227,12 @@ async fn creating_orders_validates_and_is_idempotent() {
     let order: Value = response.json().await.unwrap();
     assert_eq!(order["owner"], "alice");
     assert_eq!((order["item"].as_str(), order["quantity"].as_u64()), (Some("book"), Some(2)));
+    // An order sent back as it was answered (`"note": null` when there is none) is accepted.
+    let response = post(json!({"item": "pen", "quantity": 1})).send().await.unwrap();
+    let order: Value = response.json().await.unwrap();
+    assert_eq!(order["note"], Value::Null);
+    let echoed = json!({"item": order["item"], "quantity": order["quantity"], "note": null});
+    assert_eq!(post(echoed).send().await.unwrap().status(), StatusCode::CREATED);
 
     // Mass assignment: unknown fields are named, never echoed.
     let response =

@@ -68,10 +68,20 @@ fn unescape_sf_string(quoted: &[u8]) -> Result<Vec<u8>, Error> {
     Err(invalid("malformed", "unterminated Idempotency-Key string"))
 }
 
+/// The field of every key error: lower case, as the crate's other `header:` fields.
+pub(crate) const FIELD: &str = "header:idempotency-key";
+
 fn invalid(issue: &'static str, reason: &'static str) -> Error {
+    let message = match issue {
+        "duplicate" => "must be sent once",
+        "empty" => "must not be empty",
+        "too_long" => "must be at most 255 characters",
+        "invalid_character" => "must be visible ASCII",
+        _ => "must be a well-formed quoted string",
+    };
     Error::new(ErrorKind::InvalidRequest)
         .with_reason(reason)
-        .with_detail(Detail::new("header:Idempotency-Key", issue))
+        .with_detail(Detail::new(FIELD, issue).with_message(message))
 }
 
 /// Who a record belongs to.

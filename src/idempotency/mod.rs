@@ -13,8 +13,9 @@
 //! - The key is accepted as a structured-field string (`"abc"`, with `\"` and `\\` escapes)
 //!   or bare (`abc`); it must be 1 to 255 characters of visible ASCII. Otherwise, or with
 //!   several `Idempotency-Key` headers, 400 `invalid_request` with a detail
-//!   `{"field": "header:Idempotency-Key", "issue": "empty" | "too_long" |
-//!   "invalid_character" | "malformed" | "duplicate"}`. The value is never echoed or logged.
+//!   `{"field": "header:idempotency-key", "issue": "empty" | "too_long" |
+//!   "invalid_character" | "malformed" | "duplicate", "message": "..."}`. The value is never
+//!   echoed or logged.
 //! - **Scope.** Keys belong to a caller and a route, so one caller can never replay another's
 //!   response. The caller is the [`Principal`](crate::principal::Principal) in the request
 //!   extensions: its API key id for API keys, else its subject (with its tenant). Anonymous

@@ -513,7 +513,7 @@ async fn key_syntax_limits() {
         assert_eq!(response.status(), StatusCode::BAD_REQUEST);
         let error = response.extensions().get::<Error>().unwrap();
         assert_eq!(error.kind(), ErrorKind::InvalidRequest);
-        assert_eq!(error.details()[0].field(), "header:Idempotency-Key");
+        assert_eq!(error.details()[0].field(), "header:idempotency-key");
         assert_eq!(error.details()[0].issue(), issue);
     }
     let mut twice = post(Some("a"), "{}", "alice");
