@@ -143,22 +143,15 @@ async fn statuses_challenges_and_envelopes() {
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{path}");
     }
 
+    let post_as = |content_type: &'static str| {
+        client.post(url("/orders")).header("content-type", content_type).send()
+    };
     // gRPC-Web: the envelope turns the rejection into UNAUTHENTICATED.
-    let response = client
-        .post(url("/orders"))
-        .header("content-type", "application/grpc-web+proto")
-        .send()
-        .await
-        .unwrap();
+    let response = post_as("application/grpc-web+proto").await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["grpc-status"], "16");
     // `application/grpc` over HTTP/1.1 cannot be gRPC: the client gets the HTTP status.
-    let response = client
-        .post(url("/orders"))
-        .header("content-type", "application/grpc")
-        .send()
-        .await
-        .unwrap();
+    let response = post_as("application/grpc").await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert!(!response.headers().contains_key("grpc-status"));
 }

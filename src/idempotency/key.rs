@@ -178,7 +178,8 @@ mod tests {
     fn issue(values: &[&[u8]]) -> String {
         let error = parse(values).unwrap_err();
         assert_eq!(error.kind(), ErrorKind::InvalidRequest);
-        assert_eq!(error.details()[0].field(), "header:Idempotency-Key");
+        assert_eq!(error.details()[0].field(), "header:idempotency-key");
+        assert!(error.details()[0].message().is_some_and(|m| m.starts_with("must ")));
         error.details()[0].issue().to_owned()
     }
 
