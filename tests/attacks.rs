@@ -358,7 +358,7 @@ async fn api2_broken_auth_login_brute_force_locked_out() {
     assert_eq!(login("s3cret").await.unwrap().status(), StatusCode::OK);
     for guess in ["123456", "password", "qwerty", "letmein", "s3cret!"] {
         let response = login(guess).await.unwrap();
-        let body = envelope(response, StatusCode::UNAUTHORIZED, "invalid_token").await;
+        let body = envelope(response, StatusCode::UNAUTHORIZED, "unauthenticated").await;
         assert!(!body.to_string().contains("password"), "{body}");
     }
     // Locked: even the right password is refused now.
@@ -394,7 +394,7 @@ async fn api2_broken_auth_login_lockout_follows_the_username_across_ips() {
     envelope(response, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
     // Control: that address itself is not limited; another account is still tried normally.
     let response = login("198.51.100.6".into(), "someone-else", "guess").await.unwrap();
-    envelope(response, StatusCode::UNAUTHORIZED, "invalid_token").await;
+    envelope(response, StatusCode::UNAUTHORIZED, "unauthenticated").await;
 }
 
 #[tokio::test]
@@ -407,9 +407,10 @@ async fn api2_broken_auth_login_failures_look_alike() {
             .send()
     };
     let unknown_user = login("mallory", "s3cret").await.unwrap();
-    let unknown_user = envelope(unknown_user, StatusCode::UNAUTHORIZED, "invalid_token").await;
+    let unknown_user = envelope(unknown_user, StatusCode::UNAUTHORIZED, "unauthenticated").await;
     let wrong_password = login("demo", "wrong").await.unwrap();
-    let wrong_password = envelope(wrong_password, StatusCode::UNAUTHORIZED, "invalid_token").await;
+    let wrong_password =
+        envelope(wrong_password, StatusCode::UNAUTHORIZED, "unauthenticated").await;
     assert_eq!(without_id(unknown_user), without_id(wrong_password));
 }
 
