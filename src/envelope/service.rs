@@ -133,7 +133,7 @@ where
 /// gRPC-Web (`application/grpc-web`, `application/grpc-web+proto`...) over any HTTP version,
 /// gRPC (`application/grpc`, `application/grpc+proto`...) over HTTP/2 only: over HTTP/1.1 it
 /// cannot be gRPC, only a client asking for its errors to look like 200s.
-pub(crate) fn is_grpc<B>(request: &Request<B>) -> bool {
+fn is_grpc<B>(request: &Request<B>) -> bool {
     let Some(content_type) = request.headers().get(header::CONTENT_TYPE) else { return false };
     let content_type = content_type.as_bytes();
     content_type.starts_with(b"application/grpc-web")

@@ -69,7 +69,7 @@ fn unescape_sf_string(quoted: &[u8]) -> Result<Vec<u8>, Error> {
 }
 
 /// The field of every key error: lower case, as the crate's other `header:` fields.
-pub(crate) const FIELD: &str = "header:idempotency-key";
+const FIELD: &str = "header:idempotency-key";
 
 fn invalid(issue: &'static str, reason: &'static str) -> Error {
     let message = match issue {
@@ -77,7 +77,8 @@ fn invalid(issue: &'static str, reason: &'static str) -> Error {
         "empty" => "must not be empty",
         "too_long" => "must be at most 255 characters",
         "invalid_character" => "must be visible ASCII",
-        _ => "must be a well-formed quoted string",
+        "malformed" => "must be a well-formed quoted string",
+        _ => "is invalid",
     };
     Error::new(ErrorKind::InvalidRequest)
         .with_reason(reason)
