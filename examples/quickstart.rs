@@ -309,9 +309,9 @@ async fn show_order<St>(
     State(state): AppStateRef<St>,
     caller: Principal,
     parts: Parts,
-    Path(id): Path<u64>,
+    Path(id): Path<String>,
 ) -> Result<Json<Order>, Error> {
-    let order = state.orders.lock().unwrap().get(&id).cloned();
+    let order = state.orders.lock().unwrap().get(&order_id(&id)?).cloned();
     let order = order.ok_or_else(|| Error::new(ErrorKind::NotFound))?;
     // Object-level authorization: another caller's order answers exactly like a missing one.
     let owner_only = |p: &Principal, _: &Parts, o: &Order| {
@@ -327,12 +327,19 @@ async fn show_order<St>(
 
 async fn delete_order<St>(
     State(state): AppStateRef<St>,
-    Path(id): Path<u64>,
+    Path(id): Path<String>,
 ) -> Result<StatusCode, Error> {
-    match state.orders.lock().unwrap().remove(&id) {
+    match state.orders.lock().unwrap().remove(&order_id(&id)?) {
         Some(_) => Ok(StatusCode::NO_CONTENT),
         None => Err(Error::new(ErrorKind::NotFound)),
     }
+}
+
+/// An order id as we issue them: digits without a sign or leading zeros, so `/orders/+1` and
+/// `/orders/01` are not other names of order 1. Anything else is the same 404 as a missing order.
+fn order_id(id: &str) -> Result<u64, Error> {
+    let canonical = !id.starts_with('0') && id.bytes().all(|b| b.is_ascii_digit());
+    id.parse().ok().filter(|_| canonical).ok_or_else(|| Error::new(ErrorKind::NotFound))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -63,6 +63,9 @@ struct Inner {
     details: Vec<Detail>,
     retry_after: Option<Duration>,
     challenge: Option<Challenge>,
+    /// `RateLimit-Policy` and `RateLimit` of the quota that refused a handler's
+    /// [`RateLimiter`](crate::rate_limit::RateLimiter) check.
+    rate_limit: Option<Box<[HeaderValue; 2]>>,
 }
 
 /// What went wrong, as far as a client may know.
@@ -481,6 +484,7 @@ impl Error {
                 details: Vec::new(),
                 retry_after: None,
                 challenge: None,
+                rate_limit: None,
             }),
         }
     }
@@ -545,6 +549,13 @@ impl Error {
     /// Sets the `WWW-Authenticate` challenge.
     pub fn with_challenge(mut self, challenge: Challenge) -> Self {
         self.inner.challenge = Some(challenge);
+        self
+    }
+
+    /// Sets the `RateLimit-Policy` and `RateLimit` items of the quota that refused.
+    #[cfg(feature = "rate-limit")]
+    pub(crate) fn with_rate_limit(mut self, policy: HeaderValue, state: HeaderValue) -> Self {
+        self.inner.rate_limit = Some(Box::new([policy, state]));
         self
     }
 
@@ -635,13 +646,27 @@ impl Error {
         response
     }
 
-    /// Writes the protocol headers this error needs (`WWW-Authenticate`, `Retry-After`).
+    /// Writes the protocol headers this error needs (`WWW-Authenticate`, `Retry-After`, and
+    /// for a [`RateLimiter`](crate::rate_limit::RateLimiter)'s 429 the refusing quota's
+    /// `RateLimit-Policy` and `RateLimit`).
+    ///
+    /// The rate-limit items are added only to a map without a `RateLimit` field: the first
+    /// call (when the error becomes a response) lists them first, outer limit layers append
+    /// their own after them, and a later call (the envelope's) does not add them twice.
     pub fn write_headers(&self, headers: &mut http::HeaderMap) {
         if let Some(challenge) = &self.inner.challenge {
             headers.insert(header::WWW_AUTHENTICATE, challenge.to_header_value());
         }
         if let Some(retry_after) = self.inner.retry_after {
             headers.insert(header::RETRY_AFTER, retry_after_value(retry_after));
+        }
+        if let Some(rate_limit) = &self.inner.rate_limit {
+            let ratelimit = header::HeaderName::from_static("ratelimit");
+            if !headers.contains_key(&ratelimit) {
+                let [policy, state] = &**rate_limit;
+                headers.append(header::HeaderName::from_static("ratelimit-policy"), policy.clone());
+                headers.append(ratelimit, state.clone());
+            }
         }
     }
 }
@@ -776,6 +801,9 @@ impl fmt::Debug for Error {
         }
         if let Some(retry_after) = &self.inner.retry_after {
             d.field("retry_after", retry_after);
+        }
+        if let Some(rate_limit) = &self.inner.rate_limit {
+            d.field("rate_limit", &rate_limit[1]);
         }
         d.finish()
     }

@@ -167,6 +167,12 @@ async fn login_failures_look_alike_and_are_limited() {
     let limited = login("demo", "right-password").await.unwrap();
     assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(limited.headers().contains_key(header::RETRY_AFTER));
+    // The login quota that refused comes first, then the general per-IP one.
+    let policy = limited.headers().get_all("ratelimit-policy").iter();
+    let policy: Vec<_> = policy.map(|v| v.to_str().unwrap().to_owned()).collect();
+    assert_eq!(policy, [r#""login-ip";q=5;w=60"#, r#""per-ip";q=600;w=60"#]);
+    let state = limited.headers()["ratelimit"].to_str().unwrap();
+    assert!(state.starts_with(r#""login-ip";r=0;t="#), "{state}");
     assert_eq!(limited.json::<Value>().await.unwrap()["code"], "rate_limited");
 }
 
@@ -305,6 +311,36 @@ async fn another_callers_order_is_not_found_like_a_missing_one() {
 
     let listed = client.get(app.url("/orders")).bearer_auth(&bob).send().await.unwrap();
     assert_eq!(listed.json::<Value>().await.unwrap(), json!([]));
+}
+
+#[tokio::test]
+async fn order_ids_have_one_spelling() {
+    let app = Example::spawn("quickstart", &[("JWT_SECRET", SECRET)]);
+    let client = client();
+    let alice = mint("alice", "orders:read orders:write orders:admin");
+    let response = client
+        .post(app.url("/orders"))
+        .bearer_auth(&alice)
+        .json(&json!({"item": "book", "quantity": 1}))
+        .send()
+        .await
+        .unwrap();
+    let id = response.json::<Value>().await.unwrap()["id"].as_u64().unwrap();
+    let get = |path: String| client.get(app.url(&path)).bearer_auth(&alice).send();
+    assert_eq!(get(format!("/orders/{id}")).await.unwrap().status(), StatusCode::OK);
+
+    // Other spellings of the id, and ids we never issue, answer exactly like a missing order.
+    let missing = body_without_id(get("/orders/999999".to_owned()).await.unwrap()).await;
+    let too_big = "18446744073709551616".to_owned();
+    for other in [format!("+{id}"), format!("0{id}"), format!("{id}.0"), "abc".into(), too_big] {
+        let response = get(format!("/orders/{other}")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{other}");
+        assert_eq!(body_without_id(response).await, missing, "{other}");
+        let response =
+            client.delete(app.url(&format!("/orders/{other}"))).bearer_auth(&alice).send();
+        assert_eq!(response.await.unwrap().status(), StatusCode::NOT_FOUND, "{other}");
+    }
+    assert_eq!(get(format!("/orders/{id}")).await.unwrap().status(), StatusCode::OK);
 }
 
 #[tokio::test]

@@ -132,6 +132,15 @@ async fn a_login_handler_locks_usernames_with_the_handle() {
     let response = attempt("alice", "right").await.unwrap();
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(response.headers().contains_key("retry-after"));
+    // The quota that refused is listed first, then the per-IP layer's (4 requests so far).
+    let list = |name: &str| {
+        let values = response.headers().get_all(name).iter();
+        values.map(|v| v.to_str().unwrap().to_owned()).collect::<Vec<_>>().join(", ")
+    };
+    assert_eq!(list("ratelimit-policy"), r#""login-user";q=3;w=60, "default";q=100;w=60"#);
+    let state = list("ratelimit");
+    assert!(state.starts_with(r#""login-user";r=0;t="#), "{state}");
+    assert!(state.contains(r#", "default";r=96;t="#), "{state}");
     assert_eq!(response.json::<Value>().await.unwrap()["code"], "rate_limited");
     // Another user from the same IP still gets in (2 of 5 IP attempts left).
     assert_eq!(attempt("bob", "right").await.unwrap().status(), StatusCode::OK);

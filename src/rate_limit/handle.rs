@@ -29,6 +29,10 @@ use crate::{Error, ErrorKind};
 /// let error = per_user.check(&user).await.unwrap_err();
 /// assert_eq!(error.status(), http::StatusCode::TOO_MANY_REQUESTS);
 /// assert!(error.retry_after().is_some());
+/// // As a response, it names the quota that refused.
+/// let response = error.to_response::<()>();
+/// assert_eq!(response.headers()["ratelimit-policy"], r#""login";q=5;w=60"#);
+/// assert!(response.headers()["ratelimit"].to_str().unwrap().starts_with(r#""login";r=0;t="#));
 /// # }
 /// ```
 ///
@@ -67,8 +71,9 @@ impl<St: Store> RateLimiter<St> {
     ///
     /// # Errors
     ///
-    /// The 429 [`Error`] (with `Retry-After`) when it would not; a 503 when the store fails
-    /// closed. Return it from the handler (with feature `axum` it is an `IntoResponse`) or
+    /// The 429 [`Error`] when it would not, with `Retry-After`, and `RateLimit-Policy` and
+    /// `RateLimit` for the quota that refused (listed before those of any limit layer around
+    /// the handler); a 503 when the store fails closed. Return it from the handler (with feature `axum` it is an `IntoResponse`) or
     /// turn it into a response with [`Error::to_response`].
     pub async fn check(&self, key: &RateKey) -> Result<Decision, Error> {
         self.run(key, 1, Mode::Peek).await
@@ -94,7 +99,8 @@ impl<St: Store> RateLimiter<St> {
         if decision.is_allowed() {
             return Ok(decision);
         }
-        let policy = self.limits.quotas()[decision.quota_index()].name();
+        let i = decision.quota_index();
+        let policy = self.limits.quotas()[i].name();
         crate::observe::rate_limit(&http::Extensions::new(), policy, "handler", "rejected");
         tracing::info!(
             target: "tower_shield::security",
@@ -105,7 +111,11 @@ impl<St: Store> RateLimiter<St> {
         );
         Err(Error::new(ErrorKind::RateLimited)
             .with_reason("rate-limit quota exhausted")
-            .with_retry_after(decision.retry_after()))
+            .with_retry_after(decision.retry_after())
+            .with_rate_limit(
+                self.limits.inner.policy[i].clone(),
+                ratelimit_value(&self.limits, &decision),
+            ))
     }
 
     /// The `RateLimit` header value for `decision`, for handlers that want to send it.
