@@ -52,6 +52,10 @@ fn app() -> Router {
             }),
         )
         .route("/id", get(|id: RequestId| async move { id.to_string() }))
+        .route(
+            "/orders/{id}",
+            get(|axum::extract::Path(id): axum::extract::Path<u64>| async move { id.to_string() }),
+        )
         .layer(ErrorEnvelopeLayer::new())
 }
 
@@ -90,6 +94,20 @@ async fn handler_500_text_never_reaches_the_client() {
     let text = response.text().await.unwrap();
     assert!(!text.contains("secret internal detail"), "{text}");
     assert!(text.contains(r#""code":"internal""#));
+}
+
+#[tokio::test]
+async fn extractor_rejections_become_envelopes_without_their_text() {
+    let addr = serve(app()).await;
+    let response = client().get(format!("http://{addr}/orders/not-a-number")).send().await;
+    let response = response.unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "invalid_request");
+    for leak in ["u64", "parse", "not-a-number", "Invalid URL"] {
+        assert!(!body.to_string().contains(leak), "{body}");
+    }
 }
 
 #[tokio::test]
