@@ -50,6 +50,7 @@
 //! See the [`auth` module docs](crate::auth) for the layer.
 
 use std::{
+    borrow::Cow,
     fmt,
     future::Future,
     pin::Pin,
@@ -64,6 +65,7 @@ use serde_json::{Map, Value};
 
 use super::{
     cache::{Token, TokenCache, Verified},
+    key::HeaderMemo,
     revocation::{Revocation, RevocationCheck, RevocationQuery},
     AuthRequest, Authenticator, Verdict, VerifyingKey,
 };
@@ -612,7 +614,9 @@ fn verify_signed(inner: &Inner, token: &str, allow_refresh: bool) -> Signed {
             return Signed::Verified(verified);
         }
     }
-    let parsed = match Parsed::new(token) {
+    let keys = inner.source.keys();
+    let mut scratch = HeaderScratch::new();
+    let parsed = match Parsed::new(token, &mut scratch, &keys) {
         Ok(parsed) => parsed,
         Err(reason) => return Signed::Rejected(invalid(reason)),
     };
@@ -621,7 +625,6 @@ fn verify_signed(inner: &Inner, token: &str, allow_refresh: bool) -> Signed {
             return Signed::Rejected(invalid("jwt: header typ is not the required one"));
         }
     }
-    let keys = inner.source.keys();
     if keys.is_empty() {
         // Only a remote source that has not loaded yet has no keys: fetch, or answer 503
         // (fail closed) while the identity provider cannot be reached.
@@ -636,8 +639,8 @@ fn verify_signed(inner: &Inner, token: &str, allow_refresh: bool) -> Signed {
                 .with_reason("jwt: no verifying keys available yet"),
         );
     }
-    match verify_signature(&keys, &parsed) {
-        KeyOutcome::Verified => {}
+    let key = match verify_signature(&keys, &parsed) {
+        KeyOutcome::Verified(key) => key,
         KeyOutcome::Rejected(reason) => return Signed::Rejected(invalid(reason)),
         KeyOutcome::UnknownKid(kid) => {
             if allow_refresh {
@@ -647,11 +650,12 @@ fn verify_signed(inner: &Inner, token: &str, allow_refresh: bool) -> Signed {
             }
             return Signed::Rejected(invalid("jwt: unknown kid"));
         }
-    }
+    };
     let verified = match validate_claims(inner, &parsed, now_unix) {
         Ok(verified) => Arc::new(verified),
         Err(reason) => return Signed::Rejected(invalid(reason)),
     };
+    key.remember_header(|| parsed.header.memo(parsed.header_segment));
     if let Some(cache) = &inner.cache {
         cache.insert(Token(token), Arc::clone(&verified), now);
     }
@@ -664,21 +668,72 @@ fn typ_matches(sent: &str, wanted: &str) -> bool {
             && sent[12..].eq_ignore_ascii_case(wanted)
 }
 
+/// The JOSE header. Its strings borrow from the decoded header unless they hold escapes.
 #[derive(Deserialize)]
-struct Header {
-    alg: String,
-    #[serde(default)]
-    kid: Option<String>,
-    #[serde(default)]
-    typ: Option<String>,
+struct Header<'a> {
+    #[serde(borrow)]
+    alg: Cow<'a, str>,
+    #[serde(default, borrow)]
+    kid: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    typ: Option<Cow<'a, str>>,
     /// Critical extensions we do not understand: their presence alone rejects the token
     /// (RFC 7515 section 4.1.11).
     #[serde(default)]
     crit: Option<serde::de::IgnoredAny>,
 }
 
+impl<'a> Header<'a> {
+    /// The header a key remembered, borrowed from it.
+    fn remembered(memo: &'a HeaderMemo) -> Self {
+        Self {
+            alg: Cow::Borrowed(&memo.alg),
+            kid: memo.kid.as_deref().map(Cow::Borrowed),
+            typ: memo.typ.as_deref().map(Cow::Borrowed),
+            crit: None,
+        }
+    }
+
+    /// What a key remembers of this header, which arrived as `segment`.
+    fn memo(&self, segment: &str) -> HeaderMemo {
+        HeaderMemo {
+            segment: segment.into(),
+            alg: (*self.alg).into(),
+            kid: self.kid.as_deref().map(Into::into),
+            typ: self.typ.as_deref().map(Into::into),
+        }
+    }
+}
+
+/// Where the header is decoded: on the stack when it fits, as it does for the headers
+/// identity providers issue, else on the heap (up to `max_token_len`).
+struct HeaderScratch {
+    stack: [u8; 256],
+    heap: Vec<u8>,
+}
+
+impl HeaderScratch {
+    fn new() -> Self {
+        Self { stack: [0; 256], heap: Vec::new() }
+    }
+
+    /// The decoded `header` segment.
+    fn decode(&mut self, header: &str) -> Result<&[u8], base64::DecodeSliceError> {
+        match URL_SAFE_NO_PAD.decode_slice(header, &mut self.stack) {
+            Ok(len) => Ok(&self.stack[..len]),
+            Err(base64::DecodeSliceError::OutputSliceTooSmall) => {
+                self.heap = URL_SAFE_NO_PAD.decode(header)?;
+                Ok(&self.heap)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
 struct Parsed<'a> {
-    header: Header,
+    header: Header<'a>,
+    /// The header as sent (base64url).
+    header_segment: &'a str,
     /// `header.payload`, the signing input.
     message: &'a str,
     payload: &'a str,
@@ -686,38 +741,57 @@ struct Parsed<'a> {
 }
 
 impl<'a> Parsed<'a> {
-    fn new(token: &'a str) -> Result<Self, &'static str> {
-        let mut parts = token.split('.');
-        let (Some(header), Some(payload), Some(signature), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+    /// Splits and checks `token`, reading its header from `scratch`, or from the memo of one
+    /// of `keys` when it is the header segment that key remembers.
+    fn new(
+        token: &'a str,
+        scratch: &'a mut HeaderScratch,
+        keys: &'a [VerifyingKey],
+    ) -> Result<Self, &'static str> {
+        // Exactly two dots (`memchr` is vectorised: a token is a few hundred bytes).
+        let mut dots = memchr::memchr_iter(b'.', token.as_bytes());
+        let (Some(first), Some(second), None) = (dots.next(), dots.next(), dots.next()) else {
             return Err("jwt: not three segments");
         };
+        let (header, payload, signature) =
+            (&token[..first], &token[first + 1..second], &token[second + 1..]);
         if header.is_empty() || payload.is_empty() || signature.is_empty() {
             return Err("jwt: empty segment");
         }
-        let header_json =
-            URL_SAFE_NO_PAD.decode(header).map_err(|_| "jwt: header is not base64url")?;
+        let message = &token[..token.len() - signature.len() - 1];
+        let header_segment = header;
+        let header = match keys.iter().find_map(|key| key.header_memo(header_segment)) {
+            // The same bytes as a header that passed every check below.
+            Some(memo) => Header::remembered(memo),
+            None => Self::read_header(header_segment, scratch)?,
+        };
+        Ok(Self { header, header_segment, message, payload, signature })
+    }
+
+    fn read_header(
+        segment: &str,
+        scratch: &'a mut HeaderScratch,
+    ) -> Result<Header<'a>, &'static str> {
+        let json = scratch.decode(segment).map_err(|_| "jwt: header is not base64url")?;
         // UTF-8 checked first: serde_json skips the members it ignores without checking them.
-        let header_json =
-            std::str::from_utf8(&header_json).map_err(|_| "jwt: header is not valid JSON")?;
-        let header: Header =
-            serde_json::from_str(header_json).map_err(|_| "jwt: header is not valid JSON")?;
+        let json = std::str::from_utf8(json).map_err(|_| "jwt: header is not valid JSON")?;
+        let header: Header<'a> =
+            serde_json::from_str(json).map_err(|_| "jwt: header is not valid JSON")?;
         // A JOSE header is a JSON object (RFC 7515 section 4); serde also reads a struct from
         // an array such as `["HS256"]`.
-        if !header_json.trim_start().starts_with('{') {
+        if !json.trim_start().starts_with('{') {
             return Err("jwt: header is not a JSON object");
         }
         if header.crit.is_some() {
             return Err("jwt: header has crit");
         }
-        let message = &token[..token.len() - signature.len() - 1];
-        Ok(Self { header, message, payload, signature })
+        Ok(header)
     }
 }
 
-enum KeyOutcome<'a> {
-    Verified,
+enum KeyOutcome<'a, 'k> {
+    /// By this key.
+    Verified(&'k VerifyingKey),
     Rejected(&'static str),
     UnknownKid(&'a str),
 }
@@ -742,17 +816,12 @@ fn alg_name(alg: Algorithm) -> Option<&'static str> {
     })
 }
 
-fn verify_signature<'a>(keys: &[VerifyingKey], parsed: &'a Parsed<'_>) -> KeyOutcome<'a> {
-    let alg = parsed.header.alg.as_str();
-    let check = |key: &VerifyingKey| {
-        jsonwebtoken::crypto::verify(
-            parsed.signature,
-            parsed.message.as_bytes(),
-            key.decoding_key(),
-            key.algorithm(),
-        )
-        .unwrap_or(false)
-    };
+fn verify_signature<'a, 'k>(
+    keys: &'k [VerifyingKey],
+    parsed: &'a Parsed<'_>,
+) -> KeyOutcome<'a, 'k> {
+    let alg = &*parsed.header.alg;
+    let check = |key: &&VerifyingKey| key.verify(parsed.message.as_bytes(), parsed.signature);
     if let Some(kid) = parsed.header.kid.as_deref() {
         let Some(key) = keys.iter().find(|k| k.kid() == Some(kid)) else {
             return KeyOutcome::UnknownKid(kid);
@@ -760,8 +829,8 @@ fn verify_signature<'a>(keys: &[VerifyingKey], parsed: &'a Parsed<'_>) -> KeyOut
         if alg_name(key.algorithm()) != Some(alg) {
             return KeyOutcome::Rejected("jwt: alg does not match the key's algorithm");
         }
-        return if check(key) {
-            KeyOutcome::Verified
+        return if check(&key) {
+            KeyOutcome::Verified(key)
         } else {
             KeyOutcome::Rejected("jwt: bad signature")
         };
@@ -770,10 +839,9 @@ fn verify_signature<'a>(keys: &[VerifyingKey], parsed: &'a Parsed<'_>) -> KeyOut
     if candidates.peek().is_none() {
         return KeyOutcome::Rejected("jwt: no key for the token's alg");
     }
-    if candidates.any(check) {
-        KeyOutcome::Verified
-    } else {
-        KeyOutcome::Rejected("jwt: bad signature")
+    match candidates.find(check) {
+        Some(key) => KeyOutcome::Verified(key),
+        None => KeyOutcome::Rejected("jwt: bad signature"),
     }
 }
 

@@ -650,6 +650,100 @@ fn issuer_audience_and_subject() {
     assert_accepted(&lax, &with("aud", json!(null)));
 }
 
+/// The header is decoded on the stack up to 256 bytes and on the heap beyond; its strings
+/// borrow from it unless they hold escapes. Every size and spelling reads the same.
+#[test]
+fn headers_of_any_size_and_spelling_are_read() {
+    let jwt = hs_jwt(&FakeClock::new());
+    let sign = |header: &str| {
+        let message = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), b64(&claims()));
+        let key = EncodingKey::from_secret(SECRET);
+        let sig = jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::HS256).unwrap();
+        format!("{message}.{sig}")
+    };
+    let fixed = r#"{"alg":"HS256","typ":"JWT","x":""}"#.len();
+    for len in [0, 1, 200, 256 - fixed - 1, 256 - fixed, 256 - fixed + 1, 300, 4000] {
+        let header = format!(r#"{{"alg":"HS256","typ":"JWT","x":"{}"}}"#, "a".repeat(len));
+        assert_accepted(&jwt, &sign(&header));
+        let wrong_alg = header.replace("HS256", "HS384");
+        assert_rejected(&jwt, &sign(&wrong_alg), "jwt: no key for the token's alg");
+    }
+    // Escaped names and values are read unescaped, on either side of the stack's size.
+    for pad in [0, 300] {
+        let header = format!(r#"{{"\u0061lg":"HS\u0032\u00356","x":"{}"}}"#, "a".repeat(pad));
+        assert_accepted(&jwt, &sign(&header));
+    }
+    let typed = Jwt::builder()
+        .issuer(ISS)
+        .audience(AUD)
+        .hs256_secret(SECRET)
+        .require_typ("at+jwt")
+        .with_clock(FakeClock::new())
+        .build()
+        .unwrap();
+    assert_accepted(&typed, &sign(r#"{"alg":"HS256","typ":"at\u002bjwt"}"#));
+    assert_rejected(
+        &typed,
+        &sign(r#"{"alg":"HS256","typ":"JWT"}"#),
+        "jwt: header typ is not the required one",
+    );
+}
+
+/// A key remembers the header of the first token that passed every check with it; a later
+/// token with the same header segment skips reading it, and is judged exactly as before.
+#[test]
+fn a_key_remembers_only_a_header_that_passed() {
+    let clock = FakeClock::new();
+    let a = VerifyingKey::from_secret(Algorithm::HS256, SECRET).unwrap();
+    let other_secret = [9u8; 32];
+    let b = VerifyingKey::from_secret(Algorithm::HS256, &other_secret).unwrap();
+    // Clones share the memo, so the test sees what the verifier's copies remember.
+    let jwt = builder(&clock).key(a.clone()).key(b.clone()).no_cache().build().unwrap();
+    let good = hs256(&claims());
+    let segment = good.split('.').next().unwrap();
+
+    // A correctly signed token that fails a claim check is not remembered.
+    let mut expired = claims();
+    expired["exp"] = json!(now() - 3600);
+    assert_rejected(&jwt, &hs256(&expired), "jwt: expired");
+    // Nor is a token with a bad signature.
+    let (message, _) = good.rsplit_once('.').unwrap();
+    let forged = format!("{message}.{}", URL_SAFE_NO_PAD.encode([7u8; 32]));
+    assert_rejected(&jwt, &forged, "jwt: bad signature");
+    assert!(a.header_memo(segment).is_none() && b.header_memo(segment).is_none());
+
+    assert_accepted(&jwt, &good);
+    let memo = a.header_memo(segment).expect("remembered by the key that verified");
+    assert_eq!(
+        (&*memo.alg, memo.kid.as_deref(), memo.typ.as_deref()),
+        ("HS256", None, Some("JWT"))
+    );
+    assert!(b.header_memo(segment).is_none());
+
+    // The same header segment, now read from the memo: a forged signature still fails, a
+    // token signed by the other key (no kid, same header) is still found, and claims are
+    // still checked.
+    assert_rejected(&jwt, &forged, "jwt: bad signature");
+    let by_b = mint(Algorithm::HS256, &EncodingKey::from_secret(&other_secret), &claims());
+    assert_eq!(by_b.split('.').next(), Some(segment));
+    assert_accepted(&jwt, &by_b);
+    assert_rejected(&jwt, &hs256(&expired), "jwt: expired");
+    // Another spelling of the same header is read, not matched.
+    let spaced = {
+        let header = r#"{ "alg": "HS256", "typ": "JWT" }"#;
+        let message = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), b64(&claims()));
+        let key = EncodingKey::from_secret(SECRET);
+        let sig = jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::HS256).unwrap();
+        format!("{message}.{sig}")
+    };
+    assert_accepted(&jwt, &spaced);
+    assert_eq!(a.header_memo(segment).map(|m| &*m.segment), Some(segment), "the first stays");
+
+    // A required `typ` is checked on a remembered header too.
+    let typed = builder(&clock).key(a.clone()).require_typ("at+jwt").build().unwrap();
+    assert_rejected(&typed, &good, "jwt: header typ is not the required one");
+}
+
 #[test]
 fn malformed_tokens() {
     let jwt = hs_jwt(&FakeClock::new());
