@@ -60,7 +60,7 @@
 //! | `scope` | [`scope`]: `ScopeLayer`, `Requirement`, `Policy` | yes |
 //! | `validate` | [`validate`]: `ValidateLayer`, `Validated<T>` (with `axum`) | yes |
 //! | `auth` | [`auth`]: `AuthLayer`, JWT (aws-lc-rs backend), API keys, revocation | yes |
-//! | `jwt-aws-lc-rs` | JWT signatures with aws-lc-rs (fast RSA/ECDSA); `auth` needs it or `jwt-rust-crypto` | yes |
+//! | `jwt-aws-lc-rs` | JWT signatures with aws-lc-rs (fast RSA/ECDSA); `auth` needs it or `jwt-rust-crypto`. HMAC (`HS*`) uses RustCrypto's `hmac` with either | yes |
 //! | `jwt-rust-crypto` | JWT signatures with RustCrypto (pure Rust, slower RSA); with both, aws-lc-rs is used | no |
 //! | `rate-limit` | [`rate_limit`]: `RateLimitLayer`, GCRA quotas, bounded in-memory store | yes |
 //! | `redis` | Redis-backed stores (`rate_limit::RedisStore`) | no |
