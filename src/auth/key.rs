@@ -124,13 +124,22 @@ impl HmacKey {
     }
 
     /// Decodes the signature as jsonwebtoken does (base64url without padding, canonical
-    /// trailing bits) and compares it in constant time; a signature of another length fails.
+    /// trailing bits) and compares it in constant time; a signature of another length fails
+    /// before any hashing (the length is no secret).
     fn verify(&self, message: &[u8], signature: &str) -> bool {
         // Large enough for HS512; a longer signature does not fit and fails.
         let mut tag = [0u8; 64];
         let Ok(len) = URL_SAFE_NO_PAD.decode_slice(signature, &mut tag) else {
             return false;
         };
+        let expected = match self {
+            Self::Hs256(_) => 32,
+            Self::Hs384(_) => 48,
+            Self::Hs512(_) => 64,
+        };
+        if len != expected {
+            return false;
+        }
         let tag = &tag[..len];
         match self {
             Self::Hs256(key) => key.clone().chain_update(message).verify_slice(tag).is_ok(),
