@@ -256,6 +256,14 @@ async fn creating_orders_validates_and_is_idempotent() {
 
     let response = post(json!({"item": "", "quantity": 1001})).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    // JSON Schema counts 1.0 as an integer; the DTO does not, and says so in JSON's terms.
+    let response = post(json!({"item": "book", "quantity": 1.0})).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["details"],
+        json!([{"field": "/quantity", "issue": "type", "message": "expected a non-negative integer"}])
+    );
 
     let big = "x".repeat(17 * 1024);
     let response = post(json!({"item": "book", "quantity": 1, "note": big})).send().await.unwrap();

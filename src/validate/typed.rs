@@ -108,9 +108,34 @@ pub(crate) fn serde_detail(
 
 /// serde's `..., expected X` tail. The expectation comes from the type, not the input; a
 /// message may hold the input before it, so only the text after the last marker is used.
+/// Rust's names are said in JSON's terms (`u32` is a non-negative integer, `struct Order` an
+/// object), so a client reads what to send and the server's type names stay inside.
 fn expected(message: &str) -> Option<String> {
     let tail = message.rsplit_once(", expected ")?.1;
-    (tail.len() <= 80 && !tail.contains('"')).then(|| format!("expected {tail}"))
+    (tail.len() <= 80 && !tail.contains('"')).then(|| format!("expected {}", in_json_terms(tail)))
+}
+
+fn in_json_terms(expectation: &str) -> &str {
+    const UNSIGNED: [&str; 6] = ["u8", "u16", "u32", "u64", "u128", "usize"];
+    const SIGNED: [&str; 6] = ["i8", "i16", "i32", "i64", "i128", "isize"];
+    let nonzero = expectation.strip_prefix("a nonzero ");
+    match expectation {
+        e if UNSIGNED.contains(&e) => "a non-negative integer",
+        e if SIGNED.contains(&e) => "an integer",
+        _ if nonzero.is_some_and(|n| UNSIGNED.contains(&n)) => "a positive integer",
+        _ if nonzero.is_some_and(|n| SIGNED.contains(&n)) => "a non-zero integer",
+        "f32" | "f64" => "a number",
+        "a borrowed string" | "a character" => "a string",
+        "a sequence" => "an array",
+        "a map" => "an object",
+        // serde_json's, for an enum
+        "string or map" => "a string or an object",
+        "unit" => "null",
+        e if e.starts_with("struct ") => "an object",
+        e if e.starts_with("enum ") => "one of the allowed values",
+        e if e.starts_with("a tuple of size ") => "an array",
+        other => other,
+    }
 }
 
 fn field(source: Source, segments: &[String]) -> String {
@@ -263,7 +288,7 @@ mod tests {
         let d = serde_detail(e.path(), &e.inner().to_string(), Source::Body);
         assert_eq!(
             (d.field(), d.issue(), d.message()),
-            ("/quantity", "type", Some("expected u32"))
+            ("/quantity", "type", Some("expected a non-negative integer"))
         );
         let body = serde_json::json!({"quantity": 1, "tags": [1]});
         let e = serde_path_to_error::deserialize::<_, Dto>(&body).unwrap_err();
@@ -273,5 +298,56 @@ mod tests {
         let e = serde_path_to_error::deserialize::<_, Dto>(&body).unwrap_err();
         let d = serde_detail(e.path(), &e.inner().to_string(), Source::Body);
         assert_eq!((d.field(), d.issue()), ("/role", "unknown_field"));
+    }
+
+    /// What serde expects is said in JSON's terms; no Rust type name reaches the client.
+    #[test]
+    fn expectations_are_said_in_json_terms() {
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        struct Line {
+            sku: String,
+        }
+        #[derive(Debug, Deserialize)]
+        #[serde(rename_all = "lowercase")]
+        enum Kind {
+            Retail,
+        }
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        struct Dto {
+            quantity: Option<u32>,
+            delta: Option<i64>,
+            count: Option<std::num::NonZeroU32>,
+            price: Option<f64>,
+            initial: Option<char>,
+            lines: Option<Vec<Line>>,
+            line: Option<Line>,
+            tags: Option<std::collections::HashMap<String, String>>,
+            kind: Option<Kind>,
+            pair: Option<(u8, u8)>,
+            flag: Option<bool>,
+        }
+        let cases = [
+            (serde_json::json!({"quantity": 1.0}), "/quantity", "expected a non-negative integer"),
+            (serde_json::json!({"quantity": -1}), "/quantity", "expected a non-negative integer"),
+            (serde_json::json!({"delta": "x"}), "/delta", "expected an integer"),
+            (serde_json::json!({"count": 0}), "/count", "expected a positive integer"),
+            (serde_json::json!({"price": "x"}), "/price", "expected a number"),
+            (serde_json::json!({"initial": 1}), "/initial", "expected a string"),
+            (serde_json::json!({"lines": {}}), "/lines", "expected an array"),
+            (serde_json::json!({"line": 1}), "/line", "expected an object"),
+            (serde_json::json!({"tags": []}), "/tags", "expected an object"),
+            (serde_json::json!({"kind": 1}), "/kind", "expected a string or an object"),
+            (serde_json::json!({"kind": "wholesale"}), "/kind", "expected `retail`"),
+            (serde_json::json!({"pair": 1}), "/pair", "expected an array"),
+            (serde_json::json!({"flag": 1}), "/flag", "expected a boolean"),
+            (serde_json::json!([]), "", "expected an object"),
+        ];
+        for (body, field, message) in cases {
+            let e = serde_path_to_error::deserialize::<_, Dto>(&body).unwrap_err();
+            let d = serde_detail(e.path(), &e.inner().to_string(), Source::Body);
+            assert_eq!((d.field(), d.message()), (field, Some(message)), "{body}");
+        }
     }
 }
