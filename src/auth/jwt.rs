@@ -60,7 +60,7 @@ use std::{
     fmt,
     future::Future,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, UNIX_EPOCH},
 };
 
@@ -454,9 +454,11 @@ impl JwtBuilder {
             }
             (None, false) => Arc::new(StaticKeys::new(self.keys)),
             (Some(source), true) => source,
-            (Some(source), false) => {
-                Arc::new(Combined { keys: StaticKeys::new(self.keys), source })
-            }
+            (Some(source), false) => Arc::new(Combined {
+                keys: StaticKeys::new(self.keys),
+                source,
+                merged: Mutex::default(),
+            }),
         };
         if self.issuers.is_empty() && !self.skip_issuer {
             return Err(ConfigError::new(
@@ -507,12 +509,27 @@ impl fmt::Debug for JwtBuilder {
 struct Combined {
     keys: StaticKeys,
     source: Arc<dyn KeySource>,
+    /// The source's keys last seen, and the list made with them: a token is checked against
+    /// the same list until the source's keys change, instead of a fresh copy of every key.
+    merged: Mutex<Option<(Arc<[VerifyingKey]>, Arc<[VerifyingKey]>)>>,
 }
 
 impl KeySource for Combined {
     fn keys(&self) -> Arc<[VerifyingKey]> {
         let remote = self.source.keys();
-        self.keys.keys.iter().chain(remote.iter()).cloned().collect()
+        if remote.is_empty() {
+            return self.keys.keys();
+        }
+        let mut merged = self.merged.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*merged {
+            Some((seen, list)) if Arc::ptr_eq(seen, &remote) => Arc::clone(list),
+            _ => {
+                let list: Arc<[VerifyingKey]> =
+                    self.keys.keys.iter().chain(remote.iter()).cloned().collect();
+                *merged = Some((remote, Arc::clone(&list)));
+                list
+            }
+        }
     }
 
     fn refresh(&self, kid: &str) -> Option<BoxRefreshFuture> {
@@ -1003,4 +1020,51 @@ fn validate_claims(inner: &Inner, parsed: &Parsed<'_>, now: u64) -> Result<Verif
         issued_at: iat.map(|iat| UNIX_EPOCH + Duration::from_secs(iat)),
         expires_at: UNIX_EPOCH + Duration::from_secs(exp),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    #[derive(Debug)]
+    struct Swappable(Mutex<Arc<[VerifyingKey]>>);
+
+    impl KeySource for Arc<Swappable> {
+        fn keys(&self) -> Arc<[VerifyingKey]> {
+            Arc::clone(&self.0.lock().unwrap())
+        }
+    }
+
+    fn hs256(kid: &str) -> VerifyingKey {
+        VerifyingKey::from_secret(Algorithm::HS256, &[7; 32]).unwrap().with_kid(kid)
+    }
+
+    /// Static keys and a source's keys are listed once per set of source keys, not copied for
+    /// every token, and a new set from the source is seen at once.
+    #[test]
+    fn combined_keys_are_listed_once_per_source_set() {
+        let remote = Arc::new(Swappable(Mutex::new(Arc::from(Vec::new()))));
+        let combined = Combined {
+            keys: StaticKeys::new([hs256("static")]),
+            source: Arc::new(Arc::clone(&remote)),
+            merged: Mutex::default(),
+        };
+        let kids = |keys: &[VerifyingKey]| -> Vec<String> {
+            keys.iter().map(|k| k.kid().unwrap().to_owned()).collect()
+        };
+        // Nothing fetched yet: the static keys alone.
+        assert_eq!(kids(&combined.keys()), ["static"]);
+
+        *remote.0.lock().unwrap() = Arc::from(vec![hs256("r1")]);
+        let first = combined.keys();
+        assert_eq!(kids(&first), ["static", "r1"]);
+        assert!(Arc::ptr_eq(&first, &combined.keys()), "the same list while the set is unchanged");
+
+        *remote.0.lock().unwrap() = Arc::from(vec![hs256("r2"), hs256("r3")]);
+        let rotated = combined.keys();
+        assert_eq!(kids(&rotated), ["static", "r2", "r3"]);
+        assert!(!Arc::ptr_eq(&first, &rotated));
+    }
 }
