@@ -293,20 +293,26 @@ async fn creating_orders_validates_and_is_idempotent() {
     assert_eq!(reused.json::<Value>().await.unwrap()["code"], "idempotency_key_reused");
 }
 
+/// Orders a book as `token`'s caller; returns the order id.
+async fn create_order(client: &reqwest::Client, app: &Example, token: &str) -> u64 {
+    let response = client
+        .post(app.url("/orders"))
+        .bearer_auth(token)
+        .json(&json!({"item": "book", "quantity": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    response.json::<Value>().await.unwrap()["id"].as_u64().unwrap()
+}
+
 #[tokio::test]
 async fn another_callers_order_is_not_found_like_a_missing_one() {
     let app = Example::spawn("quickstart", &[("JWT_SECRET", SECRET)]);
     let client = client();
     let alice = mint("alice", "orders:read orders:write");
     let bob = mint("bob", "orders:read orders:write");
-    let response = client
-        .post(app.url("/orders"))
-        .bearer_auth(&alice)
-        .json(&json!({"item": "book", "quantity": 1}))
-        .send()
-        .await
-        .unwrap();
-    let id = response.json::<Value>().await.unwrap()["id"].as_u64().unwrap();
+    let id = create_order(&client, &app, &alice).await;
 
     let own =
         client.get(app.url(&format!("/orders/{id}"))).bearer_auth(&alice).send().await.unwrap();
@@ -326,14 +332,7 @@ async fn order_ids_have_one_spelling() {
     let app = Example::spawn("quickstart", &[("JWT_SECRET", SECRET)]);
     let client = client();
     let alice = mint("alice", "orders:read orders:write orders:admin");
-    let response = client
-        .post(app.url("/orders"))
-        .bearer_auth(&alice)
-        .json(&json!({"item": "book", "quantity": 1}))
-        .send()
-        .await
-        .unwrap();
-    let id = response.json::<Value>().await.unwrap()["id"].as_u64().unwrap();
+    let id = create_order(&client, &app, &alice).await;
     let get = |path: String| client.get(app.url(&path)).bearer_auth(&alice).send();
     assert_eq!(get(format!("/orders/{id}")).await.unwrap().status(), StatusCode::OK);
 
