@@ -73,8 +73,9 @@ impl<St: Store> RateLimiter<St> {
     ///
     /// The 429 [`Error`] when it would not, with `Retry-After`, and `RateLimit-Policy` and
     /// `RateLimit` for the quota that refused (listed before those of any limit layer around
-    /// the handler); a 503 when the store fails closed. Return it from the handler (with feature `axum` it is an `IntoResponse`) or
-    /// turn it into a response with [`Error::to_response`].
+    /// the handler); a 503 when the store fails closed. Return it from the handler (with
+    /// feature `axum` it is an `IntoResponse`) or turn it into a response with
+    /// [`Error::to_response`].
     pub async fn check(&self, key: &RateKey) -> Result<Decision, Error> {
         self.run(key, 1, Mode::Peek).await
     }
