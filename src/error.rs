@@ -660,12 +660,14 @@ impl Error {
         if let Some(retry_after) = self.inner.retry_after {
             headers.insert(header::RETRY_AFTER, retry_after_value(retry_after));
         }
+        // Set only by a `RateLimiter`, so only with its feature.
+        #[cfg(feature = "rate-limit")]
         if let Some(rate_limit) = &self.inner.rate_limit {
-            let ratelimit = header::HeaderName::from_static("ratelimit");
-            if !headers.contains_key(&ratelimit) {
+            use crate::rate_limit::{RATELIMIT, RATELIMIT_POLICY};
+            if !headers.contains_key(&RATELIMIT) {
                 let [policy, state] = &**rate_limit;
-                headers.append(header::HeaderName::from_static("ratelimit-policy"), policy.clone());
-                headers.append(ratelimit, state.clone());
+                headers.append(RATELIMIT_POLICY.clone(), policy.clone());
+                headers.append(RATELIMIT.clone(), state.clone());
             }
         }
     }

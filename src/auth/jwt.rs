@@ -35,9 +35,9 @@
 //!
 //! A token that is not cached (first seen, or forged) costs one signature check. HMAC keys
 //! are prepared once (RFC 2104's padded key hashed ahead), and each key remembers the header
-//! segment of the first token that passed every check with it: a later token with exactly that
-//! segment (an issuer's tokens share it) skips decoding and parsing the header, and is then
-//! judged by steps 3 to 8 as any other.
+//! segment of the first token whose signature and claims passed with it (steps 1 to 7): a
+//! later token with exactly that segment (an issuer's tokens share it) skips decoding and
+//! parsing the header, and is then judged by steps 3 to 8 as any other.
 //!
 //! # Example
 //!

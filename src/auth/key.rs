@@ -41,8 +41,9 @@ pub struct VerifyingKey {
 
 /// A JOSE header read once, by its exact base64url text. An issuer sends the same header
 /// segment in every token signed with one key, so later tokens skip decoding and parsing it.
-/// Filled only from a token that passed every check; a key holds one, and a rotated key set
-/// brings new, empty ones.
+/// Filled only from a token whose signature and claims passed (a header is a pure function of
+/// its bytes, so a revocation checked later changes nothing here); a key holds one, and a
+/// rotated key set brings new, empty ones.
 pub(crate) struct HeaderMemo {
     pub(crate) segment: Box<str>,
     pub(crate) alg: Box<str>,

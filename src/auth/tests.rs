@@ -689,7 +689,7 @@ fn headers_of_any_size_and_spelling_are_read() {
     );
 }
 
-/// A key remembers the header of the first token that passed every check with it; a later
+/// A key remembers the header of the first token whose signature and claims passed; a later
 /// token with the same header segment skips reading it, and is judged exactly as before.
 #[test]
 fn a_key_remembers_only_a_header_that_passed() {

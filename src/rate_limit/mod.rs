@@ -79,6 +79,7 @@
 
 mod client_ip;
 mod future;
+pub(crate) use future::{RATELIMIT, RATELIMIT_POLICY};
 mod gcra;
 mod handle;
 mod key;
