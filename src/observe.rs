@@ -184,9 +184,35 @@ pub(crate) fn rate_limit(
 #[inline]
 pub(crate) fn scope(extensions: &Extensions, outcome: &'static str) {
     record(extensions, "scope.outcome", outcome);
+    #[cfg(feature = "metrics")]
     if outcome != "allowed" {
-        count!("tower_shield_scope_denied_total", "outcome" => outcome);
+        count_scope_denied(outcome);
     }
+}
+
+/// The scope counter: every denial the scope layer knows by a static key (no label list
+/// allocated, key hashed at compile time), as for [`count_auth`].
+#[cfg(feature = "metrics")]
+fn count_scope_denied(outcome: &'static str) {
+    macro_rules! denied {
+        ($($outcome:literal),+) => {
+            match outcome {
+                $($outcome => ::metrics::counter!(
+                    "tower_shield_scope_denied_total", "outcome" => $outcome
+                ),)+
+                _ => ::metrics::counter!("tower_shield_scope_denied_total", "outcome" => outcome),
+            }
+        };
+    }
+    let counter = denied!(
+        "forbidden",
+        "unauthenticated",
+        "step_up",
+        "tenant_forbidden",
+        "not_found",
+        "unmapped"
+    );
+    counter.increment(1);
 }
 
 /// Validation passed.
