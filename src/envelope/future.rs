@@ -257,6 +257,21 @@ const STRIPPED: [HeaderName; 7] = [
     header::LAST_MODIFIED,
 ];
 
+/// The index of `name` in [`STRIPPED`]: one `match` on the text (by length first), rather than
+/// seven comparisons of header names.
+fn stripped(name: &HeaderName) -> Option<usize> {
+    Some(match name.as_str() {
+        "content-type" => 0,
+        "content-length" => 1,
+        "content-encoding" => 2,
+        "transfer-encoding" => 3,
+        "content-range" => 4,
+        "etag" => 5,
+        "last-modified" => 6,
+        _ => return None,
+    })
+}
+
 impl<M, R: Render> Ctx<M, R> {
     fn finish<B: Body<Data = Bytes>>(self, response: Response<B>) -> Response<ResponseBody<B>> {
         let (mut parts, body) = response.into_parts();
@@ -302,7 +317,7 @@ impl<M, R: Render> Ctx<M, R> {
         // seven hashed lookups in a map that usually holds none of them.
         let mut present = 0u8;
         for name in headers.keys() {
-            if let Some(i) = STRIPPED.iter().position(|stripped| stripped == name) {
+            if let Some(i) = stripped(name) {
                 present |= 1 << i;
             }
         }
@@ -311,7 +326,9 @@ impl<M, R: Render> Ctx<M, R> {
                 headers.remove(name);
             }
         }
-        error.write_headers(headers);
+        // A rejection's headers were written when it became a response; an error put in the
+        // extensions some other way gets them here.
+        error.write_missing_headers(headers);
         headers.insert(self.config.header_name.clone(), self.request_id.header_value().clone());
 
         let body = if self.grpc {
@@ -332,7 +349,7 @@ impl<M, R: Render> Ctx<M, R> {
                 },
             );
             headers.insert(header::CONTENT_TYPE, rendered.content_type);
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(rendered.body.len()));
+            headers.insert(header::CONTENT_LENGTH, content_length(rendered.body.len()));
             headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
             rendered.body
         };
@@ -340,8 +357,75 @@ impl<M, R: Render> Ctx<M, R> {
     }
 }
 
+/// The decimal digits of 0..1000, three bytes apart: `n` is at `3 * n`, one to three long.
+static DIGITS: [u8; 3000] = {
+    let mut table = [0; 3000];
+    let mut n = 0;
+    while n < 1000 {
+        let (at, len) = (
+            3 * n,
+            if n < 10 {
+                1
+            } else if n < 100 {
+                2
+            } else {
+                3
+            },
+        );
+        let mut rest = n;
+        let mut i = len;
+        while i > 0 {
+            i -= 1;
+            table[at + i] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+        }
+        n += 1;
+    }
+    table
+};
+
+/// `Content-Length` for an error body: under 1000 bytes (nearly all of them) a slice of a
+/// static table, without formatting or allocating.
+fn content_length(len: usize) -> HeaderValue {
+    if len >= 1000 {
+        return HeaderValue::from(len);
+    }
+    let digits = if len < 10 {
+        1
+    } else if len < 100 {
+        2
+    } else {
+        3
+    };
+    let at = 3 * len;
+    HeaderValue::from_maybe_shared(Bytes::from_static(&DIGITS[at..at + digits]))
+        .expect("ASCII digits are a valid header value")
+}
+
 impl<F, M, R> std::fmt::Debug for ResponseFuture<F, M, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stripped_names_are_found_by_text() {
+        for (i, name) in STRIPPED.iter().enumerate() {
+            assert_eq!(stripped(name), Some(i), "{name}");
+        }
+        for name in [header::WWW_AUTHENTICATE, header::RETRY_AFTER, GRPC_STATUS] {
+            assert_eq!(stripped(&name), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn content_length_is_the_decimal_length() {
+        for len in (0..2_000).chain([9_999, 10_000, usize::MAX]) {
+            assert_eq!(content_length(len), len.to_string(), "{len}");
+        }
     }
 }
