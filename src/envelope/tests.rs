@@ -446,6 +446,35 @@ async fn bare_client_errors_are_normalised_and_keep_protocol_headers() {
     assert_eq!(to_json(response.into_body()).await["code"], "conflict");
 }
 
+/// An error put in a response's extensions by hand gets its protocol headers from the envelope;
+/// those already on the response (a rejection's, written when it became one) are kept.
+#[tokio::test]
+async fn protocol_headers_are_written_where_missing() {
+    for kind in ALL_KINDS {
+        let error = rejection(kind);
+        let service =
+            ErrorEnvelopeLayer::new().layer(service_fn(move |_: Request<Full<Bytes>>| {
+                let mut response = Response::new(Full::default());
+                *response.status_mut() = StatusCode::BAD_GATEWAY;
+                response.extensions_mut().insert(error.clone());
+                std::future::ready(Ok::<_, Infallible>(response))
+            }));
+        let response = service.oneshot(Request::new(Full::default())).await.unwrap();
+        assert_eq!(response.status().as_u16(), expected(kind).0, "{kind:?}");
+        assert_protocol_headers(kind, &response);
+    }
+
+    let service = ErrorEnvelopeLayer::new().layer(service_fn(|_: Request<Full<Bytes>>| {
+        let error = Error::new(ErrorKind::RateLimited).with_retry_after(Duration::from_secs(9));
+        let mut response = error.to_response::<Full<Bytes>>();
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+        std::future::ready(Ok::<_, Infallible>(response))
+    }));
+    let response = service.oneshot(Request::new(Full::default())).await.unwrap();
+    assert_eq!(response.headers().get_all(header::RETRY_AFTER).iter().count(), 1);
+    assert_eq!(response.headers()[header::RETRY_AFTER], "60");
+}
+
 #[tokio::test]
 async fn own_client_error_bodies_can_be_kept() {
     let service = ErrorEnvelopeLayer::new()
