@@ -357,26 +357,15 @@ impl<M, R: Render> Ctx<M, R> {
     }
 }
 
-/// The decimal digits of 0..1000, three bytes apart: `n` is at `3 * n`, one to three long.
+/// The decimal digits of 0..1000, three bytes apart: `n` is at `3 * n`, [`decimal_len`] long.
 static DIGITS: [u8; 3000] = {
     let mut table = [0; 3000];
     let mut n = 0;
     while n < 1000 {
-        let (at, len) = (
-            3 * n,
-            if n < 10 {
-                1
-            } else if n < 100 {
-                2
-            } else {
-                3
-            },
-        );
-        let mut rest = n;
-        let mut i = len;
+        let (mut rest, mut i) = (n, decimal_len(n));
         while i > 0 {
             i -= 1;
-            table[at + i] = b'0' + (rest % 10) as u8;
+            table[3 * n + i] = b'0' + (rest % 10) as u8;
             rest /= 10;
         }
         n += 1;
@@ -384,21 +373,23 @@ static DIGITS: [u8; 3000] = {
     table
 };
 
+/// How many decimal digits `n`, under 1000, has.
+const fn decimal_len(n: usize) -> usize {
+    match n {
+        0..=9 => 1,
+        10..=99 => 2,
+        _ => 3,
+    }
+}
+
 /// `Content-Length` for an error body: under 1000 bytes (nearly all of them) a slice of a
 /// static table, without formatting or allocating.
 fn content_length(len: usize) -> HeaderValue {
     if len >= 1000 {
         return HeaderValue::from(len);
     }
-    let digits = if len < 10 {
-        1
-    } else if len < 100 {
-        2
-    } else {
-        3
-    };
-    let at = 3 * len;
-    HeaderValue::from_maybe_shared(Bytes::from_static(&DIGITS[at..at + digits]))
+    let digits = &DIGITS[3 * len..3 * len + decimal_len(len)];
+    HeaderValue::from_maybe_shared(Bytes::from_static(digits))
         .expect("ASCII digits are a valid header value")
 }
 
