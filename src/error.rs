@@ -632,22 +632,20 @@ impl Error {
     /// apply, an empty body, and this error in the extensions for the
     /// [envelope](crate::envelope) to render.
     pub fn to_response<B: Default>(&self) -> Response<B> {
-        let mut response = Response::new(B::default());
-        *response.status_mut() = self.status();
-        *response.headers_mut() = rejection_headers();
-        self.write_headers(response.headers_mut());
-        response.extensions_mut().insert(self.clone());
-        response
+        self.clone().into_response(http::Extensions::new())
     }
 
-    /// [`Error::to_response`] for an error the caller no longer needs: no clone.
-    #[cfg(any(feature = "auth", feature = "rate-limit"))]
-    pub(crate) fn into_response<B: Default>(self) -> Response<B> {
+    /// [`Error::to_response`] for an error the caller no longer needs (no clone), in
+    /// `extensions` emptied: a rejecting layer passes the rejected request's, whose map is
+    /// already allocated, rather than have a new one allocated for this one entry.
+    pub(crate) fn into_response<B: Default>(self, mut extensions: http::Extensions) -> Response<B> {
+        extensions.clear();
         let mut response = Response::new(B::default());
         *response.status_mut() = self.status();
         *response.headers_mut() = rejection_headers();
         self.write_headers(response.headers_mut());
-        response.extensions_mut().insert(self);
+        extensions.insert(self);
+        *response.extensions_mut() = extensions;
         response
     }
 
@@ -748,11 +746,12 @@ impl Error {
     }
 }
 
-/// An empty header map for a rejection, sized for the headers the layers and the envelope
-/// add on its way out (rate limits, request id, content type and length, `nosniff`), so that
-/// it is allocated once instead of grown.
+/// An empty header map for a rejection, sized for the headers it carries on its way out of
+/// the recommended stack (`WWW-Authenticate` or `Retry-After`, `RateLimit-Policy`, `RateLimit`,
+/// the request id, `Content-Type` and `nosniff`), so that it is allocated once, not grown.
+/// Six names is also the most a map holds in glibc's per-thread cache of small blocks.
 pub(crate) fn rejection_headers() -> http::HeaderMap {
-    http::HeaderMap::with_capacity(12)
+    http::HeaderMap::with_capacity(6)
 }
 
 /// Whether `serde_json` writes `s` as is between quotes: no `"`, `\\` or control character.

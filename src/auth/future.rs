@@ -9,11 +9,7 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::{
-    layer::Config,
-    service::{finish_rejection, log_failure, log_success},
-    BoxAuthFuture,
-};
+use super::{layer::Config, service::settle, BoxAuthFuture};
 use crate::principal::AuthMethod;
 
 pin_project! {
@@ -91,18 +87,16 @@ where
                     let outcome = ready!(future.as_mut().poll(cx));
                     let Pending { mut request, mut inner, method, config } =
                         *pending.take().expect("ResponseFuture polled after completion");
-                    match outcome {
+                    match settle(&config, method, outcome, request.extensions()) {
                         Ok(principal) => {
-                            log_success(&principal, method, request.extensions());
                             request.extensions_mut().insert(principal);
                             let future = inner.call(request);
                             this.state.set(State::Inner { future });
                         }
                         Err(error) => {
-                            let error = finish_rejection(&config, error);
-                            log_failure(&error, Some(method), request.extensions());
                             this.state.set(State::Rejected { response: None });
-                            return Poll::Ready(Ok(error.into_response()));
+                            let extensions = std::mem::take(request.extensions_mut());
+                            return Poll::Ready(Ok(error.into_response(extensions)));
                         }
                     }
                 }

@@ -110,6 +110,8 @@ pub use self::introspection::{Introspection, IntrospectionBuilder};
 pub use self::jwks::{RemoteJwks, RemoteJwksBuilder};
 #[cfg(feature = "redis")]
 pub use self::revocation::RedisRevocation;
+#[cfg(all(feature = "envelope", feature = "rate-limit"))]
+pub(crate) use self::service::{check, mark_sensitive, settle, Step};
 pub use self::{
     authenticator::{AuthRequest, Authenticator, Authorization, BoxAuthFuture, Verdict},
     future::ResponseFuture,

@@ -4,7 +4,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use http::{header, Extensions, Request, Response};
+use http::{header, Extensions, HeaderMap, Method, Request, Response, Uri};
 use tower_service::Service;
 
 use super::{
@@ -50,40 +50,20 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let config = &self.layer.config;
-        mark_sensitive(config, &mut request);
-
-        if config.public.contains(request.method(), request.uri().path()) {
-            crate::observe::record(request.extensions(), "auth.outcome", "public");
-            return ResponseFuture::inner(self.inner.call(request));
-        }
-
-        let verdict = match AuthRequest::from_headers(request.headers()) {
-            Err(reason) => {
-                let error = Error::new(ErrorKind::InvalidRequest)
-                    .with_reason(reason)
-                    .with_challenge(config.challenge(Some("invalid_request")));
-                log_failure(&error, None, request.extensions());
-                return ResponseFuture::rejected(error.into_response());
-            }
-            Ok(auth_request) => decide(config, &auth_request),
-        };
-
-        match verdict {
-            Decision::Authenticated(principal, method) => {
-                log_success(&principal, method, request.extensions());
-                request.extensions_mut().insert(principal);
+        mark_sensitive(config, request.headers_mut());
+        let step =
+            check(config, request.method(), request.uri(), request.headers(), request.extensions());
+        match step {
+            Step::Pass(principal) => {
+                if let Some(principal) = principal {
+                    request.extensions_mut().insert(principal);
+                }
                 ResponseFuture::inner(self.inner.call(request))
             }
-            Decision::Anonymous => {
-                crate::observe::auth(request.extensions(), "none", "anonymous");
-                ResponseFuture::inner(self.inner.call(request))
+            Step::Reject(error) => {
+                ResponseFuture::rejected(error.into_response(mem::take(request.extensions_mut())))
             }
-            Decision::Rejected(error, method) => {
-                let error = finish_rejection(config, error);
-                log_failure(&error, method, request.extensions());
-                ResponseFuture::rejected(error.into_response())
-            }
-            Decision::Pending(future, method) => {
+            Step::Pending(future, method) => {
                 // The ready service goes into the future; a fresh clone stays here.
                 let clone = self.inner.clone();
                 let inner = mem::replace(&mut self.inner, clone);
@@ -99,7 +79,79 @@ where
     }
 }
 
-pub(crate) enum Decision {
+/// The auth step of a request, shared by [`Auth`] and the preset's guard, which then put the
+/// principal in the request or answer the rejection.
+pub(crate) enum Step {
+    /// Let through: with a principal, or without one (a public route, optional auth).
+    Pass(Option<Principal>),
+    /// A 401 (or 400) with its challenge.
+    Reject(Error),
+    /// An authenticator must await (JWKS fetch, introspection); [`settle`] its outcome.
+    Pending(super::BoxAuthFuture, AuthMethod),
+}
+
+/// Decides on a request whose credential headers are already marked sensitive
+/// ([`mark_sensitive`]). Every outcome but `Pending` is logged.
+pub(crate) fn check(
+    config: &Config,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    extensions: &Extensions,
+) -> Step {
+    if config.public.contains(method, uri.path()) {
+        crate::observe::record(extensions, "auth.outcome", "public");
+        return Step::Pass(None);
+    }
+    let auth_request = match AuthRequest::from_headers(headers) {
+        Ok(auth_request) => auth_request,
+        Err(reason) => {
+            let error = Error::new(ErrorKind::InvalidRequest)
+                .with_reason(reason)
+                .with_challenge(config.challenge(Some("invalid_request")));
+            log_failure(&error, None, extensions);
+            return Step::Reject(error);
+        }
+    };
+    match decide(config, &auth_request) {
+        Decision::Authenticated(principal, method) => {
+            log_success(&principal, method, extensions);
+            Step::Pass(Some(principal))
+        }
+        Decision::Anonymous => {
+            crate::observe::auth(extensions, "none", "anonymous");
+            Step::Pass(None)
+        }
+        Decision::Rejected(error, method) => {
+            let error = finish_rejection(config, error);
+            log_failure(&error, method, extensions);
+            Step::Reject(error)
+        }
+        Decision::Pending(future, method) => Step::Pending(future, method),
+    }
+}
+
+/// The outcome of a [`Step::Pending`], logged; a rejection gets its challenge.
+pub(crate) fn settle(
+    config: &Config,
+    method: AuthMethod,
+    outcome: Result<Principal, Error>,
+    extensions: &Extensions,
+) -> Result<Principal, Error> {
+    match outcome {
+        Ok(principal) => {
+            log_success(&principal, method, extensions);
+            Ok(principal)
+        }
+        Err(error) => {
+            let error = finish_rejection(config, error);
+            log_failure(&error, Some(method), extensions);
+            Err(error)
+        }
+    }
+}
+
+enum Decision {
     Authenticated(Principal, AuthMethod),
     Anonymous,
     Rejected(Error, Option<AuthMethod>),
@@ -142,9 +194,11 @@ pub(crate) fn finish_rejection(config: &Config, error: Error) -> Error {
     }
 }
 
-fn mark_sensitive<B>(config: &Config, request: &mut Request<B>) {
+/// Marks the credential headers sensitive (`Authorization` and the API-key headers), so that
+/// they never reach logs or HTTP/2 header compression tables.
+pub(crate) fn mark_sensitive(config: &Config, headers: &mut HeaderMap) {
     // One pass over the few headers a request carries, rather than a hashed look-up per name.
-    for (name, value) in request.headers_mut().iter_mut() {
+    for (name, value) in headers.iter_mut() {
         if name == header::AUTHORIZATION || config.sensitive_headers.contains(name) {
             value.set_sensitive(true);
         }
@@ -194,7 +248,7 @@ mod tests {
         headers.insert(&api_key, HeaderValue::from_static("sk_live_x_y"));
         headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
 
-        mark_sensitive(&layer.config, &mut request);
+        mark_sensitive(&layer.config, request.headers_mut());
 
         let headers = request.headers();
         assert!(headers.get_all(header::AUTHORIZATION).iter().all(HeaderValue::is_sensitive));

@@ -1,7 +1,7 @@
 use std::fmt;
 
 use super::{
-    future::ratelimit_value,
+    admit::ratelimit_value,
     gcra::{Decision, Mode},
     key::RateKey,
     memory::MemoryStore,
@@ -115,13 +115,13 @@ impl<St: Store> RateLimiter<St> {
             .with_retry_after(decision.retry_after())
             .with_rate_limit(
                 self.limits.inner.policy[i].clone(),
-                ratelimit_value(&self.limits, &decision),
+                ratelimit_value(&[(&self.limits, &decision)]),
             ))
     }
 
     /// The `RateLimit` header value for `decision`, for handlers that want to send it.
     pub fn header_value(&self, decision: &Decision) -> http::HeaderValue {
-        ratelimit_value(&self.limits, decision)
+        ratelimit_value(&[(&self.limits, decision)])
     }
 }
 

@@ -77,9 +77,12 @@
 //!
 //! [governor]: https://docs.rs/governor
 
+mod admit;
+#[cfg(all(feature = "envelope", feature = "auth"))]
+pub(crate) use admit::{ratelimit_value, Admission, Check, Verdict};
+pub(crate) use admit::{RATELIMIT, RATELIMIT_POLICY};
 mod client_ip;
 mod future;
-pub(crate) use future::{RATELIMIT, RATELIMIT_POLICY};
 mod gcra;
 mod handle;
 mod key;

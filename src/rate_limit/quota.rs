@@ -224,6 +224,12 @@ impl Limits {
         }
     }
 
+    /// The `RateLimit-Policy` item of each quota.
+    #[cfg(all(feature = "envelope", feature = "auth"))]
+    pub(crate) fn policies(&self) -> &[http::HeaderValue] {
+        &self.inner.policy
+    }
+
     /// The quotas, in the order they were added.
     pub fn quotas(&self) -> &[Quota] {
         &self.inner.quotas

@@ -8,11 +8,9 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use super::{
-    client_ip::ClientAddr,
-    future::{reject_missing_key, reject_too_costly, settle, Ctx, ResponseFuture},
-    gcra::Mode,
+    admit::{Admission, Verdict},
+    future::{Ctx, ResponseFuture},
     key::KeyExtractor,
-    layer::{LimitsSource, MissingKey},
     store::Store,
     RateLimitLayer,
 };
@@ -64,71 +62,33 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let shared = &self.layer.shared;
+        let layer = &*self.layer;
         let (mut parts, body) = request.into_parts();
-        if let Some(client_ip) = &shared.client_ip {
-            if let Some(ip) = client_ip.resolve(&parts) {
-                crate::observe::client_ip(&parts.extensions, ip);
-                parts.extensions.insert(ClientAddr(ip));
+        match layer.admit(&mut parts) {
+            Admission::Skip => {
+                ResponseFuture::passthrough(self.inner.call(Request::from_parts(parts, body)))
             }
-        }
-        let key = match self.layer.key.extract(&parts) {
-            Some(key) => key,
-            None => {
-                let fallback = match shared.missing {
-                    MissingKey::Reject => None,
-                    MissingKey::Skip => {
-                        let request = Request::from_parts(parts, body);
-                        return ResponseFuture::passthrough(self.inner.call(request));
+            Admission::Refused(error) => {
+                ResponseFuture::rejected(error.into_response(mem::take(&mut parts.extensions)))
+            }
+            // Decided at once (in memory): the ready inner service is called right here.
+            Admission::Checked(check, Verdict::Now(outcome)) => {
+                match layer.shared.settle(&check, outcome, &mut parts) {
+                    Err(response) => ResponseFuture::rejected(response),
+                    Ok(decision) => {
+                        let cx = Ctx::new(layer, check, Some(decision));
+                        let future = self.inner.call(Request::from_parts(parts, body));
+                        ResponseFuture::calling(future, cx)
                     }
-                    MissingKey::ClientIp => match parts.extensions.get::<ClientAddr>().copied() {
-                        Some(ClientAddr(ip)) => Some(shared.fallback_ip.key_for(ip)),
-                        None => shared.fallback_ip.resolve(&parts).map(|ip| {
-                            crate::observe::client_ip(&parts.extensions, ip);
-                            shared.fallback_ip.key_for(ip)
-                        }),
-                    },
-                };
-                match fallback {
-                    Some(key) => key,
-                    None => return ResponseFuture::rejected(reject_missing_key(&shared.kind)),
                 }
             }
-        };
-        let limits = match &shared.limits {
-            LimitsSource::Fixed(limits) => limits.clone(),
-            LimitsSource::Dynamic(select) => select(&parts),
-        };
-        let cost = shared.cost.as_ref().map_or(1, |cost| cost(&parts).get());
-        if cost > limits.max_cost() {
-            return ResponseFuture::rejected(reject_too_costly(shared, &limits, &parts));
-        }
-        let mode = if shared.count_only.is_some() { Mode::Peek } else { Mode::Acquire };
-        let decided = match self.layer.store.decide_ready(&limits, &key, cost, mode) {
-            Some(outcome) => Decided::Now(outcome),
-            None => Decided::Later(self.layer.store.decide(&limits, &key, cost, mode)),
-        };
-        let record = shared.count_only.is_some().then(|| (self.layer.store.clone(), key));
-        let request = Request::from_parts(parts, body);
-        let mut cx = Ctx { shared: Arc::clone(shared), limits, cost, record, decision: None };
-        match decided {
-            // Decided at once (in memory): the ready inner service is called right here.
-            Decided::Now(outcome) => match settle(outcome, &mut cx, &request) {
-                Some(response) => ResponseFuture::rejected(response),
-                None => ResponseFuture::calling(self.inner.call(request), cx),
-            },
             // The ready service goes into the future; a fresh clone stays here.
-            Decided::Later(decision) => {
+            Admission::Checked(check, Verdict::Later(decision)) => {
                 let clone = self.inner.clone();
                 let inner = mem::replace(&mut self.inner, clone);
-                ResponseFuture::deciding(decision, inner, request, cx)
+                let cx = Ctx::new(layer, check, None);
+                ResponseFuture::deciding(decision, inner, parts, body, cx)
             }
         }
     }
-}
-
-/// The store's answer: given at once, or to be awaited.
-enum Decided<F> {
-    Now(Result<super::gcra::Decision, crate::Error>),
-    Later(F),
 }

@@ -50,10 +50,12 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         match decide(&self.config, &request) {
             None => ResponseFuture::future(self.inner.call(request)),
-            Some(rejection) => ResponseFuture::rejected(rejection.response()),
+            Some(rejection) => ResponseFuture::rejected(
+                rejection.response(std::mem::take(request.extensions_mut())),
+            ),
         }
     }
 }
