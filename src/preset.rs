@@ -202,7 +202,7 @@
 //! # fn main() {}
 //! ```
 
-use std::{fmt, num::NonZeroU32};
+use std::{fmt, num::NonZeroU32, sync::Arc};
 
 use http::{Method, StatusCode};
 use tower_layer::{Layer, Stack};
@@ -210,18 +210,20 @@ use tower_layer::{Layer, Stack};
 #[cfg(feature = "scope")]
 use crate::scope::{Requirement, ScopeLayer};
 use crate::{
-    auth::{Auth, AuthLayer},
+    auth::AuthLayer,
     envelope::{ErrorEnvelope, ErrorEnvelopeLayer},
     error::ConfigError,
-    rate_limit::{
-        ClientIp, MemoryStore, MissingKey, PrincipalKey, Quota, RateLimit, RateLimitLayer,
-    },
+    rate_limit::{ClientIp, MemoryStore, MissingKey, PrincipalKey, Quota, RateLimitLayer},
 };
 
-/// The service a [`Shield`] wraps around `S`: envelope, per-IP limit, auth, per-principal
-/// limit, outermost first.
-pub type ShieldService<S, St = MemoryStore> =
-    ErrorEnvelope<RateLimit<Auth<RateLimit<S, PrincipalKey, St>>, ClientIp, St>>;
+mod guard;
+
+use self::guard::GuardConfig;
+pub use self::guard::{Guard, ResponseFuture};
+
+/// The service a [`Shield`] wraps around `S`: the envelope around the [`Guard`] (per-IP
+/// limit, auth, per-principal limit).
+pub type ShieldService<S, St = MemoryStore> = ErrorEnvelope<Guard<S, St>>;
 
 /// The layers [`Shield::sensitive`] returns: a per-IP limit around a per-principal one, both
 /// counting only failures.
@@ -240,6 +242,8 @@ pub struct Shield<St = MemoryStore> {
     per_ip: RateLimitLayer<ClientIp, St>,
     auth: AuthLayer,
     per_principal: RateLimitLayer<PrincipalKey, St>,
+    /// The three above, as the guard applies them.
+    guard: Arc<GuardConfig<St>>,
     public: RateLimitLayer<ClientIp, St>,
     sensitive_ip: RateLimitLayer<ClientIp, St>,
     sensitive_principal: RateLimitLayer<PrincipalKey, St>,
@@ -315,6 +319,7 @@ impl<St: Clone> Clone for Shield<St> {
             per_ip: self.per_ip.clone(),
             auth: self.auth.clone(),
             per_principal: self.per_principal.clone(),
+            guard: Arc::clone(&self.guard),
             public: self.public.clone(),
             sensitive_ip: self.sensitive_ip.clone(),
             sensitive_principal: self.sensitive_principal.clone(),
@@ -340,10 +345,7 @@ impl<S, St: Clone> Layer<S> for Shield<St> {
     type Service = ShieldService<S, St>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        let inner = self.per_principal.layer(inner);
-        let inner = self.auth.layer(inner);
-        let inner = self.per_ip.layer(inner);
-        self.envelope.layer(inner)
+        self.envelope.layer(Guard::new(inner, Arc::clone(&self.guard)))
     }
 }
 
@@ -534,11 +536,14 @@ impl<St: crate::rate_limit::Store + Clone> ShieldBuilder<St> {
                 .on_missing_key(MissingKey::Skip)
                 .with_store(self.store.clone())
         };
+        let (per_ip, per_principal) = (ip(self.ip_quota), principal(self.principal_quota));
+        let guard = GuardConfig::new(per_ip.clone(), auth.clone(), per_principal.clone());
         Ok(Shield {
             envelope: self.envelope,
-            per_ip: ip(self.ip_quota),
+            per_ip,
             auth,
-            per_principal: principal(self.principal_quota),
+            per_principal,
+            guard: Arc::new(guard),
             public: ip(self.public_quota),
             sensitive_ip: ip(self.sensitive_quota.clone()).count_only(is_failure),
             sensitive_principal: principal(sensitive_principal).count_only(is_failure),

@@ -337,3 +337,198 @@ async fn axum_router_smoke_test() {
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
     server.abort();
 }
+
+// ===== the guard against the layers it replaces =====
+
+/// What a response says, as a client sees it: the status, the error code, the protocol
+/// headers, and the rate-limit list items whatever their split across lines.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    status: StatusCode,
+    code: Option<String>,
+    challenge: Option<String>,
+    retry_after: Option<String>,
+    policies: Vec<String>,
+    limits: Vec<String>,
+}
+
+async fn seen<B>(response: Response<B>) -> Seen
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::fmt::Debug,
+{
+    let header = |name: header::HeaderName| {
+        response.headers().get(name).map(|v| v.to_str().unwrap().to_owned())
+    };
+    let items = |name: &str| -> Vec<String> {
+        let lines = response.headers().get_all(name).iter();
+        let lines: Vec<_> = lines.map(|line| line.to_str().unwrap().to_owned()).collect();
+        lines.join(", ").split(", ").filter(|i| !i.is_empty()).map(str::to_owned).collect()
+    };
+    let (challenge, retry_after) = (header(header::WWW_AUTHENTICATE), header(header::RETRY_AFTER));
+    let (policies, limits) = (items("ratelimit-policy"), items("ratelimit"));
+    let status = response.status();
+    let body = crate::test_helpers::to_bytes(response.into_body()).await;
+    let code = match status.is_success() {
+        true => None,
+        false => serde_json::from_slice::<serde_json::Value>(&body).unwrap()["code"]
+            .as_str()
+            .map(str::to_owned),
+    };
+    Seen { status, code, challenge, retry_after, policies, limits }
+}
+
+/// An authenticator that answers later: [`Counting`]'s verdicts behind a yield.
+#[derive(Debug, Default)]
+struct Later(Counting);
+
+impl Authenticator for Later {
+    fn authenticate(&self, request: &AuthRequest<'_>) -> Verdict {
+        match self.0.authenticate(request) {
+            Verdict::Authenticated(principal) => Verdict::Pending(Box::pin(async move {
+                tokio::task::yield_now().await;
+                Ok(principal)
+            })),
+            Verdict::Rejected(error) => Verdict::Pending(Box::pin(async move {
+                tokio::task::yield_now().await;
+                Err(error)
+            })),
+            other => other,
+        }
+    }
+
+    fn method(&self) -> AuthMethod {
+        AuthMethod::Custom("later")
+    }
+}
+
+/// A memory store that answers through its future only, after a yield (as Redis does).
+#[derive(Clone, Debug)]
+struct Deferred(MemoryStore);
+
+impl crate::rate_limit::Store for Deferred {
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<crate::rate_limit::Decision, Error>> + Send>,
+    >;
+
+    fn decide(
+        &self,
+        limits: &crate::rate_limit::Limits,
+        key: &crate::rate_limit::RateKey,
+        cost: u32,
+        mode: crate::rate_limit::Mode,
+    ) -> Self::Future {
+        let (store, limits, key) = (self.0.clone(), limits.clone(), key.clone());
+        Box::pin(async move {
+            tokio::task::yield_now().await;
+            Ok(store.decide_now(&limits, &key, cost, mode))
+        })
+    }
+}
+
+/// The requests of [`the_guard_answers_as_the_stacked_layers_do`], in order.
+const SCRIPT: [(&str, [u8; 4], Option<&str>); 9] = [
+    ("/orders", [203, 0, 113, 7], Some("user-alice")),
+    ("/health", [203, 0, 113, 7], None),
+    ("/orders", [203, 0, 113, 7], Some("user-alice")),
+    // The per-principal quota is spent: a 429 with both limits' items.
+    ("/orders", [203, 0, 113, 7], Some("user-alice")),
+    ("/orders", [198, 51, 100, 1], Some("forged")),
+    ("/orders", [198, 51, 100, 1], None),
+    ("/orders", [198, 51, 100, 1], Some("user-bob")),
+    // The per-IP quota of the first address is spent before any credential is read.
+    ("/orders", [203, 0, 113, 7], Some("user-carol")),
+    ("/health", [203, 0, 113, 7], None),
+];
+
+async fn run_script<S, B>(service: S) -> Vec<Seen>
+where
+    S: tower::Service<Request<Body>, Response = Response<B>, Error = Infallible> + Clone,
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::fmt::Debug,
+{
+    let mut answers = Vec::new();
+    for (path, peer, token) in SCRIPT {
+        let response = service.clone().oneshot(request(path, peer, token)).await.unwrap();
+        answers.push(seen(response).await);
+    }
+    answers
+}
+
+/// The script through a [`Shield`] on `guarded` and through the layers it stands for, stacked
+/// by hand, on `stacked`.
+async fn guarded_and_stacked<St>(auth: &dyn Fn() -> AuthLayer, guarded: St, stacked: St)
+where
+    St: crate::rate_limit::Store + Clone + std::fmt::Debug,
+{
+    let (ip_quota, principal_quota) = (Quota::per_minute(nz(4)), Quota::per_minute(nz(2)));
+    let shield = Shield::builder()
+        .with_auth(auth())
+        .with_ip_quota(ip_quota.clone())
+        .with_principal_quota(principal_quota.clone())
+        .with_store(guarded)
+        .build()
+        .unwrap();
+    let by_hand = ServiceBuilder::new()
+        .layer(ErrorEnvelopeLayer::new())
+        .layer(
+            RateLimitLayer::new(ClientIp::new(), ip_quota.named("per-ip"))
+                .with_store(stacked.clone()),
+        )
+        .layer(auth())
+        .layer(
+            RateLimitLayer::new(PrincipalKey, principal_quota.named("per-principal"))
+                .on_missing_key(MissingKey::Skip)
+                .with_store(stacked),
+        );
+    let guarded = run_script(shield.layer(service_fn(handler))).await;
+    let stacked = run_script(by_hand.service(service_fn(handler))).await;
+    assert_eq!(guarded, stacked);
+    // The script reaches every answer.
+    let statuses: Vec<_> = guarded.iter().map(|seen| seen.status.as_u16()).collect();
+    assert_eq!(statuses, [200, 200, 200, 429, 401, 401, 200, 429, 429]);
+    assert_eq!(guarded[3].policies, [r#""per-principal";q=2;w=60"#, r#""per-ip";q=4;w=60"#]);
+    assert!(guarded[3].limits[0].starts_with(r#""per-principal";r=0;t="#));
+    assert!(guarded[4].challenge.as_deref().is_some_and(|c| c.contains("invalid_token")));
+}
+
+/// The same requests through a [`Shield`] and through the layers it stands for: a client sees
+/// the same answers, with the same rate-limit items, whether the store and the authenticator
+/// answer at once or later (as Redis and a JWKS fetch do).
+#[tokio::test]
+async fn the_guard_answers_as_the_stacked_layers_do() {
+    for later in [false, true] {
+        let auth = move || {
+            let auth = if later {
+                AuthLayer::new(Later::default())
+            } else {
+                AuthLayer::new(Counting::default())
+            };
+            auth.add_public(Method::GET, "/health").unwrap()
+        };
+        let store = || MemoryStore::new().with_clock(FakeClock::new());
+        guarded_and_stacked(&auth, store(), store()).await;
+        guarded_and_stacked(&auth, Deferred(store()), Deferred(store())).await;
+    }
+}
+
+/// An accepted request through the shield carries one `RateLimit-Policy` and one `RateLimit`
+/// line, listing the per-principal limit then the per-IP one; a public route only the latter.
+#[tokio::test]
+async fn both_limits_share_one_line_per_header() {
+    let (auth, _) = counting();
+    let auth = auth.add_public(Method::GET, "/health").unwrap();
+    let shield = builder(auth).build().unwrap();
+    let service = shield.layer(service_fn(handler));
+
+    let response = service.clone().oneshot(request("/orders", [203, 0, 113, 7], Some("user-a")));
+    let response = response.await.unwrap();
+    let lines = |name| response.headers().get_all(name).iter().collect::<Vec<_>>();
+    assert_eq!(lines("ratelimit-policy"), [r#""per-principal";q=600;w=60, "per-ip";q=600;w=60"#]);
+    assert_eq!(lines("ratelimit"), [r#""per-principal";r=599;t=1, "per-ip";r=599;t=1"#]);
+
+    let response = service.oneshot(request("/health", [203, 0, 113, 7], None)).await.unwrap();
+    let lines = |name| response.headers().get_all(name).iter().collect::<Vec<_>>();
+    assert_eq!(lines("ratelimit-policy"), [r#""per-ip";q=600;w=60"#]);
+    assert_eq!(lines("ratelimit"), [r#""per-ip";r=598;t=1"#]);
+}
