@@ -184,6 +184,10 @@ async fn orders_need_a_valid_token_and_the_right_scope() {
     let response = client.get(app.url("/orders")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(response.headers()[header::WWW_AUTHENTICATE], r#"Bearer realm="api""#);
+    // The server writes the rendered body's length (the envelope leaves it to hyper).
+    let length: usize =
+        response.headers()[header::CONTENT_LENGTH].to_str().unwrap().parse().unwrap();
+    assert_eq!(response.bytes().await.unwrap().len(), length);
 
     let response = client.get(app.url("/orders")).bearer_auth("not.a.token").send().await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);

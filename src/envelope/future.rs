@@ -43,7 +43,8 @@ pub(crate) struct Ctx<M, R> {
     pub(crate) request_id: RequestId,
     pub(crate) grpc: bool,
     pub(crate) format: Format,
-    pub(crate) uri: Uri,
+    /// The request's URI, kept only when a rendering or the metrics will read its path.
+    pub(crate) uri: Option<Uri>,
     #[cfg(feature = "metrics")]
     pub(crate) method: http::Method,
     #[cfg(feature = "metrics")]
@@ -92,11 +93,11 @@ impl Route {
     /// it (`served`): a rejection by a layer, or `UNIMPLEMENTED` from the router, counts as
     /// `unmatched`, so clients cannot mint label values.
     #[cfg(feature = "metrics")]
-    fn label(&self, uri: &Uri, served: bool) -> metrics::SharedString {
-        match self {
+    fn label(&self, uri: Option<&Uri>, served: bool) -> metrics::SharedString {
+        match (self, uri) {
             #[cfg(feature = "axum")]
-            Self::Matched(matched) => metrics::SharedString::from(matched.as_str().to_owned()),
-            Self::Grpc if served => metrics::SharedString::from(uri.path().to_owned()),
+            (Self::Matched(matched), _) => metrics::SharedString::from(matched.as_str().to_owned()),
+            (Self::Grpc, Some(uri)) if served => metrics::SharedString::from(uri.path().to_owned()),
             _ => metrics::SharedString::const_str("unmatched"),
         }
     }
@@ -195,7 +196,7 @@ impl Metric {
     /// `served`: a service answered (no error, no gRPC `UNIMPLEMENTED`); a panic or a
     /// rejection keeps the template if known, never a gRPC path.
     fn new<M, R>(cx: &Ctx<M, R>, served: bool) -> Self {
-        Self { route: cx.route.label(&cx.uri, served), method: method_label(&cx.method) }
+        Self { route: cx.route.label(cx.uri.as_ref(), served), method: method_label(&cx.method) }
     }
 
     fn served<B>(response: &Response<B>) -> bool {
@@ -345,7 +346,7 @@ impl<M, R: Render> Ctx<M, R> {
                 &RenderContext {
                     request_id: &self.request_id,
                     format: self.format,
-                    path: self.uri.path(),
+                    path: self.uri.as_ref().map_or("", Uri::path),
                 },
             );
             // No `Content-Length`: the body's exact size hint gives it to the server (hyper

@@ -140,6 +140,13 @@ pub struct Rendered {
 pub trait Render: Clone + Send + Sync + 'static {
     /// Renders `error`.
     fn render(&self, error: &Error, cx: &RenderContext<'_>) -> Rendered;
+
+    /// Whether bodies in `format` use [`RenderContext::path`] (default: yes). When not, the
+    /// envelope keeps no copy of the request path, and the context's path is empty.
+    fn needs_path(&self, format: Format) -> bool {
+        let _ = format;
+        true
+    }
 }
 
 impl<F> Render for F
@@ -182,6 +189,11 @@ impl fmt::Debug for DefaultRender {
 }
 
 impl Render for DefaultRender {
+    /// Only problem details carry the path (as `instance`).
+    fn needs_path(&self, format: Format) -> bool {
+        format == Format::Problem
+    }
+
     fn render(&self, error: &Error, cx: &RenderContext<'_>) -> Rendered {
         let (content_type, body) = render_json(
             error,

@@ -118,7 +118,8 @@ where
             request_id,
             grpc,
             format,
-            uri: request.uri().clone(),
+            // Only what a rendering or the gRPC metric label will read.
+            uri: (grpc || config.render.needs_path(format)).then(|| request.uri().clone()),
             #[cfg(feature = "metrics")]
             method: request.method().clone(),
             #[cfg(feature = "metrics")]

@@ -509,13 +509,25 @@ async fn custom_renderer_replaces_the_body() {
     let service = ErrorEnvelopeLayer::new()
         .with_render(|error: &Error, cx: &RenderContext<'_>| Rendered {
             content_type: HeaderValue::from_static("text/plain"),
-            body: format!("{}|{}|{:?}", error.code(), cx.request_id(), cx.format()).into(),
+            body: format!("{}|{}|{:?}|{}", error.code(), cx.request_id(), cx.format(), cx.path())
+                .into(),
         })
         .layer(service_fn(bare(StatusCode::NOT_FOUND, "")));
-    let request = Request::builder().header("x-request-id", "r").body(Full::default()).unwrap();
+    let request = Request::builder()
+        .uri("/orders/7?q=secret")
+        .header("x-request-id", "r")
+        .body(Full::default())
+        .unwrap();
     let response = service.oneshot(request).await.unwrap();
     assert_eq!(response.headers()[header::CONTENT_TYPE], "text/plain");
-    assert_eq!(to_bytes(response.into_body()).await, "not_found|r|Json");
+    // A renderer that does not say otherwise is given the path, never the query.
+    assert_eq!(to_bytes(response.into_body()).await, "not_found|r|Json|/orders/7");
+}
+
+#[test]
+fn the_default_renderer_needs_the_path_only_for_problem_details() {
+    assert!(DefaultRender::new().needs_path(Format::Problem));
+    assert!(!DefaultRender::new().needs_path(Format::Json));
 }
 
 #[tokio::test]
