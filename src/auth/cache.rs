@@ -18,6 +18,10 @@ pub(crate) struct Verified {
     pub(crate) jti: Option<Box<str>>,
     pub(crate) issued_at: Option<std::time::SystemTime>,
     pub(crate) expires_at: std::time::SystemTime,
+    /// Until when the cache may answer for the token (its TTL after verification), as time
+    /// since the Unix epoch: the same clock as `exp`, so a lookup reads the clock once. Set
+    /// by [`TokenCache::insert`] before the entry is shared.
+    pub(crate) cached_until: Duration,
 }
 
 /// A cache key: the whole token, kept so a hit can be checked byte for byte.
@@ -77,18 +81,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-struct Entry {
-    verified: Arc<Verified>,
-    /// When the entry expires (the configured TTL), as time since the Unix epoch: the same
-    /// clock as `exp`, so a lookup reads the clock once.
-    cached_until: Duration,
-}
-
 /// Bounded cache of verified tokens. Only valid tokens get in, so a client cannot fill it
 /// with garbage; a client with many valid tokens only evicts its own (quick_cache's
 /// CLOCK-Pro keeps frequently used entries).
 pub(crate) struct TokenCache {
-    cache: Cache<TokenKey, Arc<Entry>>,
+    cache: Cache<TokenKey, Arc<Verified>>,
     ttl: Duration,
 }
 
@@ -100,18 +97,26 @@ impl TokenCache {
     /// The cached token, if its entry and the token itself are still valid at `now` (time
     /// since the Unix epoch); a stale entry is removed.
     pub(crate) fn get(&self, token: Token<'_>, now: Duration) -> Option<Arc<Verified>> {
-        let entry = self.cache.get(&token)?;
-        if now.as_secs() < entry.verified.valid_until && now < entry.cached_until {
-            Some(Arc::clone(&entry.verified))
+        let verified = self.cache.get(&token)?;
+        if now.as_secs() < verified.valid_until && now < verified.cached_until {
+            Some(verified)
         } else {
             self.cache.remove(&token);
             None
         }
     }
 
-    pub(crate) fn insert(&self, token: Token<'_>, verified: Arc<Verified>, now: Duration) {
-        let cached_until = now.saturating_add(self.ttl);
-        self.cache.insert(TokenKey(token.0.into()), Arc::new(Entry { verified, cached_until }));
+    /// Caches `verified` for `token` until its TTL after `now` (or its expiry, if sooner).
+    pub(crate) fn insert(
+        &self,
+        token: Token<'_>,
+        mut verified: Verified,
+        now: Duration,
+    ) -> Arc<Verified> {
+        verified.cached_until = now.saturating_add(self.ttl);
+        let verified = Arc::new(verified);
+        self.cache.insert(TokenKey(token.0.into()), Arc::clone(&verified));
+        verified
     }
 
     pub(crate) fn remove(&self, token: Token<'_>) {
@@ -125,7 +130,34 @@ impl TokenCache {
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use std::{sync::Arc, time::Duration};
+
+    use super::{constant_time_eq, Token, TokenCache, Verified};
+    use crate::principal::Principal;
+
+    #[test]
+    fn entries_last_their_ttl_or_the_token_s_expiry_whichever_is_sooner() {
+        let verified = |valid_until| Verified {
+            principal: Principal::builder("alice").build(),
+            valid_until,
+            jti: None,
+            issued_at: None,
+            expires_at: std::time::UNIX_EPOCH,
+            cached_until: Duration::ZERO,
+        };
+        let cache = TokenCache::new(8, Duration::from_secs(60));
+        let at = Duration::from_secs;
+        let entry = cache.insert(Token("a.b.c"), verified(1_000), at(100));
+        assert_eq!(entry.cached_until, at(160));
+        assert!(cache.get(Token("a.b.c"), at(159)).is_some_and(|hit| Arc::ptr_eq(&hit, &entry)));
+        assert!(cache.get(Token("a.b.c"), at(160)).is_none(), "past the TTL");
+        assert_eq!(cache.len(), 0, "a stale entry is removed");
+
+        cache.insert(Token("d.e.f"), verified(130), at(100));
+        assert!(cache.get(Token("d.e.f"), at(129)).is_some());
+        assert!(cache.get(Token("d.e.f"), at(130)).is_none(), "past the token's expiry");
+        assert_eq!(cache.len(), 0);
+    }
 
     #[test]
     fn constant_time_eq_compares_every_byte() {

@@ -675,14 +675,14 @@ fn verify_signed(inner: &Inner, token: &str, allow_refresh: bool) -> Signed {
         }
     };
     let verified = match validate_claims(inner, &parsed, now_unix) {
-        Ok(verified) => Arc::new(verified),
+        Ok(verified) => verified,
         Err(reason) => return Signed::Rejected(invalid(reason)),
     };
     key.remember_header(|| parsed.header.memo(parsed.header_segment));
-    if let Some(cache) = &inner.cache {
-        cache.insert(Token(token), Arc::clone(&verified), now);
-    }
-    Signed::Verified(verified)
+    Signed::Verified(match &inner.cache {
+        Some(cache) => cache.insert(Token(token), verified, now),
+        None => Arc::new(verified),
+    })
 }
 
 fn typ_matches(sent: &str, wanted: &str) -> bool {
@@ -1019,6 +1019,7 @@ fn validate_claims(inner: &Inner, parsed: &Parsed<'_>, now: u64) -> Result<Verif
         jti,
         issued_at: iat.map(|iat| UNIX_EPOCH + Duration::from_secs(iat)),
         expires_at: UNIX_EPOCH + Duration::from_secs(exp),
+        cached_until: Duration::ZERO,
     })
 }
 
