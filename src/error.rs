@@ -689,8 +689,8 @@ impl Error {
             use crate::rate_limit::{RATELIMIT, RATELIMIT_POLICY};
             if !headers.contains_key(&RATELIMIT) {
                 let [policy, state] = &**rate_limit;
-                headers.append(RATELIMIT_POLICY.clone(), policy.clone());
-                headers.append(RATELIMIT.clone(), state.clone());
+                headers.append(RATELIMIT_POLICY, policy.clone());
+                headers.append(RATELIMIT, state.clone());
             }
         }
     }

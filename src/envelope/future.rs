@@ -285,10 +285,9 @@ impl<M, R: Render> Ctx<M, R> {
                     && !body.is_end_stream()
                     && body.size_hint().exact() != Some(0));
             if passes {
-                parts.headers.insert(
-                    self.config.header_name.clone(),
-                    self.request_id.header_value().clone(),
-                );
+                parts
+                    .headers
+                    .insert(self.config.id_header(), self.request_id.header_value().clone());
                 return Response::from_parts(parts, ResponseBody::inner(body));
             }
             if status.is_server_error() {
@@ -330,7 +329,7 @@ impl<M, R: Render> Ctx<M, R> {
         // A rejection's headers were written when it became a response; an error put in the
         // extensions some other way gets them here.
         error.write_missing_headers(headers);
-        headers.insert(self.config.header_name.clone(), self.request_id.header_value().clone());
+        headers.insert(self.config.id_header(), self.request_id.header_value().clone());
 
         let body = if self.grpc {
             // A trailers-only response: HTTP 200, the status in the headers, no body.

@@ -1,6 +1,8 @@
 use http::HeaderName;
 use tower_layer::Layer;
 
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 use super::{DefaultRender, ErrorEnvelope, Format, MakeRequestId, MakeRequestUuid, Render};
 
 /// Renders every error response, assigns request ids and catches panics.
@@ -14,7 +16,8 @@ use super::{DefaultRender, ErrorEnvelope, Format, MakeRequestId, MakeRequestUuid
 #[derive(Clone, Debug)]
 #[must_use]
 pub struct ErrorEnvelopeLayer<M = MakeRequestUuid, R = DefaultRender> {
-    pub(crate) header_name: HeaderName,
+    /// The request id header; `None` for `x-request-id`.
+    header_name: Option<HeaderName>,
     pub(crate) make_request_id: M,
     pub(crate) render: R,
     pub(crate) format: Option<Format>,
@@ -27,7 +30,7 @@ impl ErrorEnvelopeLayer {
     /// The default envelope: `x-request-id`, UUID v4 ids, JSON or (on request) problem+json.
     pub fn new() -> Self {
         Self {
-            header_name: HeaderName::from_static("x-request-id"),
+            header_name: None,
             make_request_id: MakeRequestUuid,
             render: DefaultRender::new(),
             format: None,
@@ -47,8 +50,17 @@ impl Default for ErrorEnvelopeLayer {
 impl<M, R> ErrorEnvelopeLayer<M, R> {
     /// The request id header to read and echo (default `x-request-id`).
     pub fn header_name(mut self, name: HeaderName) -> Self {
-        self.header_name = name;
+        self.header_name = (name != X_REQUEST_ID).then_some(name);
         self
+    }
+
+    /// The request id header. The default is a constant, cheaper to put in a header map than a
+    /// clone (a custom header name's clone goes through its bytes' vtable).
+    pub(crate) fn id_header(&self) -> HeaderName {
+        match &self.header_name {
+            None => X_REQUEST_ID,
+            Some(name) => name.clone(),
+        }
     }
 
     /// Always render this format, whatever the client's `Accept` says. By default the client

@@ -59,14 +59,15 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let config = &self.config;
-        let sent = request.headers().get(&config.header_name);
+        let header = config.id_header();
+        let sent = request.headers().get(&header);
         let request_id =
             match sent.filter(|_| config.trust_request_id).and_then(RequestId::from_header) {
                 Some(id) => id,
                 None => config.make_request_id.make_request_id(&request),
             };
         // Inner services and their logs see the id we answer with, never an unsafe one.
-        request.headers_mut().insert(config.header_name.clone(), request_id.header_value().clone());
+        request.headers_mut().insert(header, request_id.header_value().clone());
         request.extensions_mut().insert(request_id.clone());
 
         let grpc = config.grpc && is_grpc(&request);

@@ -346,10 +346,10 @@ impl<St> GuardConfig<St> {
         match (&decisions.principal, &decisions.ip, &self.pair) {
             (Some(principal), Some(ip), Some(pair)) => {
                 let i = principal.quota_index() * pair.ip.policies().len() + ip.quota_index();
-                headers.append(&RATELIMIT_POLICY, pair.policies[i].clone());
+                headers.append(RATELIMIT_POLICY, pair.policies[i].clone());
                 let value =
                     rate_limit::ratelimit_value(&[(&pair.principal, principal), (&pair.ip, ip)]);
-                headers.append(&RATELIMIT, value);
+                headers.append(RATELIMIT, value);
             }
             (principal, ip, _) => {
                 if let Some(principal) = principal {

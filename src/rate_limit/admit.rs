@@ -17,11 +17,13 @@ use super::{
 };
 use crate::{Error, ErrorKind};
 
-pub(crate) static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-pub(crate) static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-static X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
-static X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
-static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+// Constants, not statics: a header map takes a constant name as it is, where a static one
+// would be cloned, through its bytes' vtable, for every response.
+pub(crate) const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+pub(crate) const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
 /// A limit's verdict on a request before the inner service is called.
 pub(crate) enum Admission<F> {
@@ -184,14 +186,14 @@ impl Shared {
             // limit under a per-IP one) already wrote its policy, both are listed, the inner
             // one first (both headers are structured-field lists), so a client sees every limit
             // it is under.
-            headers.append(&RATELIMIT_POLICY, limits.inner.policy[decision.quota_index()].clone());
-            headers.append(&RATELIMIT, ratelimit_value(&[(limits, decision)]));
+            headers.append(RATELIMIT_POLICY, limits.inner.policy[decision.quota_index()].clone());
+            headers.append(RATELIMIT, ratelimit_value(&[(limits, decision)]));
         }
         if self.legacy_headers && !headers.contains_key(&X_LIMIT) {
             let i = decision.quota_index();
-            headers.insert(&X_LIMIT, limits.inner.legacy_limit[i].clone());
-            headers.insert(&X_REMAINING, HeaderValue::from(decision.remaining()));
-            headers.insert(&X_RESET, HeaderValue::from(ceil_secs(decision.reset())));
+            headers.insert(X_LIMIT, limits.inner.legacy_limit[i].clone());
+            headers.insert(X_REMAINING, HeaderValue::from(decision.remaining()));
+            headers.insert(X_RESET, HeaderValue::from(ceil_secs(decision.reset())));
         }
     }
 }
