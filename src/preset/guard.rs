@@ -152,6 +152,8 @@ enum Step {
 struct Decisions {
     ip: Option<Decision>,
     principal: Option<Decision>,
+    /// An in-memory store's time, read once for both limits.
+    now: Option<u64>,
 }
 
 /// The inner service: the ready one of `call` (called in place, cloned only to wait), or the
@@ -224,9 +226,10 @@ where
     loop {
         step = match step {
             Step::Ip | Step::Principal => {
+                let now = &mut decisions.now;
                 let admission = match step {
-                    Step::Ip => config.per_ip.admit(&mut parts),
-                    _ => config.per_principal.admit(&mut parts),
+                    Step::Ip => config.per_ip.admit(&mut parts, now),
+                    _ => config.per_principal.admit(&mut parts, now),
                 };
                 let (check, outcome) = match admission {
                     Admission::Skip => {

@@ -2,7 +2,7 @@
 //! and the store's answer before the call ([`RateLimitLayer::admit`], [`Shared::settle`]), the
 //! headers after it. Shared by [`RateLimit`](super::RateLimit) and the preset's guard.
 
-use std::mem;
+use std::{any::Any, mem};
 
 use http::{request::Parts, HeaderMap, HeaderName, HeaderValue, Response};
 
@@ -11,6 +11,7 @@ use super::{
     gcra::{Decision, Mode},
     key::{KeyExtractor, RateKey},
     layer::{LimitsSource, MissingKey, Shared},
+    memory::MemoryStore,
     quota::{ceil_secs, Limits},
     store::Store,
     RateLimitLayer,
@@ -53,7 +54,10 @@ pub(crate) struct Check {
 
 impl<K: KeyExtractor, St: Store> RateLimitLayer<K, St> {
     /// Resolves the client IP (kept as a [`ClientAddr`]), extracts the key and asks the store.
-    pub(crate) fn admit(&self, parts: &mut Parts) -> Admission<St::Future> {
+    ///
+    /// `now` is the time of a [`MemoryStore`] deciding on this request, read once by the first
+    /// limit that asks it (see [`MemoryStore::decide_at`]); other stores read their own time.
+    pub(crate) fn admit(&self, parts: &mut Parts, now: &mut Option<u64>) -> Admission<St::Future> {
         let shared = &*self.shared;
         if let Some(client_ip) = &shared.client_ip {
             if let Some(ip) = client_ip.resolve(parts) {
@@ -91,9 +95,13 @@ impl<K: KeyExtractor, St: Store> RateLimitLayer<K, St> {
             return Admission::Refused(too_costly(shared, limits, parts));
         }
         let mode = if shared.count_only.is_some() { Mode::Peek } else { Mode::Acquire };
-        let verdict = match self.store.decide_ready(limits, &key, cost, mode) {
-            Some(outcome) => Verdict::Now(outcome),
-            None => Verdict::Later(self.store.decide(limits, &key, cost, mode)),
+        let memory = (&self.store as &dyn Any).downcast_ref::<MemoryStore>();
+        let verdict = match memory {
+            Some(memory) => Verdict::Now(Ok(memory.decide_at(limits, &key, cost, mode, now))),
+            None => match self.store.decide_ready(limits, &key, cost, mode) {
+                Some(outcome) => Verdict::Now(outcome),
+                None => Verdict::Later(self.store.decide(limits, &key, cost, mode)),
+            },
         };
         let key = shared.count_only.is_some().then_some(key);
         Admission::Checked(Check { limits: dynamic, cost, key }, verdict)

@@ -126,8 +126,22 @@ impl MemoryStore {
 
     /// Decides synchronously: what [`Store::decide`] answers, without a future.
     pub fn decide_now(&self, limits: &Limits, key: &RateKey, cost: u32, mode: Mode) -> Decision {
+        self.decide_at(limits, key, cost, mode, &mut None)
+    }
+
+    /// [`decide_now`](Self::decide_now) at `now` (this store's monotonic time in nanoseconds),
+    /// read from the clock if `None` and kept there: several limits deciding on one request
+    /// read the clock once.
+    pub(crate) fn decide_at(
+        &self,
+        limits: &Limits,
+        key: &RateKey,
+        cost: u32,
+        mode: Mode,
+        now: &mut Option<u64>,
+    ) -> Decision {
         let inner = &*self.inner;
-        let now = nanos(inner.clock.monotonic());
+        let now = *now.get_or_insert_with(|| nanos(inner.clock.monotonic()));
         let hash = {
             let mut h = inner.hasher.build_hasher();
             h.write_u64(limits.id());

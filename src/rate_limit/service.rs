@@ -64,7 +64,7 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let layer = &*self.layer;
         let (mut parts, body) = request.into_parts();
-        match layer.admit(&mut parts) {
+        match layer.admit(&mut parts, &mut None) {
             Admission::Skip => {
                 ResponseFuture::passthrough(self.inner.call(Request::from_parts(parts, body)))
             }
