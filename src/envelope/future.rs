@@ -285,9 +285,7 @@ impl<M, R: Render> Ctx<M, R> {
                     && !body.is_end_stream()
                     && body.size_hint().exact() != Some(0));
             if passes {
-                parts
-                    .headers
-                    .insert(self.config.id_header(), self.request_id.header_value().clone());
+                parts.headers.insert(self.config.id_header(), self.request_id.into_header_value());
                 return Response::from_parts(parts, ResponseBody::inner(body));
             }
             if status.is_server_error() {
@@ -329,7 +327,6 @@ impl<M, R: Render> Ctx<M, R> {
         // A rejection's headers were written when it became a response; an error put in the
         // extensions some other way gets them here.
         error.write_missing_headers(headers);
-        headers.insert(self.config.id_header(), self.request_id.header_value().clone());
 
         let body = if self.grpc {
             // A trailers-only response: HTTP 200, the status in the headers, no body.
@@ -354,6 +351,7 @@ impl<M, R: Render> Ctx<M, R> {
             headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
             rendered.body
         };
+        headers.insert(self.config.id_header(), self.request_id.into_header_value());
         Response::from_parts(parts, ResponseBody::full(body))
     }
 }

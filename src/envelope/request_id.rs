@@ -49,6 +49,11 @@ impl RequestId {
     pub fn header_value(&self) -> &HeaderValue {
         &self.0
     }
+
+    /// The id as a header value, without a clone.
+    pub(crate) fn into_header_value(self) -> HeaderValue {
+        self.0
+    }
 }
 
 impl fmt::Display for RequestId {
