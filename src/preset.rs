@@ -55,7 +55,11 @@
 //! [`with_public_quota`](ShieldBuilder::with_public_quota),
 //! [`with_sensitive_quota`](ShieldBuilder::with_sensitive_quota)) and the store
 //! ([`with_store`](ShieldBuilder::with_store), e.g. a `RedisStore` shared by every instance).
-//! For anything else, build the layers by hand in the order above; the shield is only them.
+//! For anything else, build the layers by hand in the order above: the shield answers exactly
+//! as they do, stacked. It runs steps 2 to 4 as one service, the [`Guard`] (one future
+//! instead of three), which also writes both limits' items on one `RateLimit-Policy` and one
+//! `RateLimit` line, per-principal first: `RateLimit: "per-principal";r=599;t=1,
+//! "per-ip";r=599;t=1` (the stacked layers write the same list on two lines).
 //!
 //! # Client addresses
 //!
@@ -367,6 +371,8 @@ pub struct ShieldBuilder<St = MemoryStore> {
     principal_quota: Quota,
     public_quota: Quota,
     sensitive_quota: Quota,
+    #[cfg(feature = "scope")]
+    scopes: Option<ScopeLayer>,
     store: St,
 }
 
@@ -400,6 +406,8 @@ impl ShieldBuilder {
             principal_quota: per_minute(600).named("per-principal"),
             public_quota: per_minute(60).named("public"),
             sensitive_quota: per_minute(5).named("sensitive"),
+            #[cfg(feature = "scope")]
+            scopes: None,
             store: MemoryStore::new(),
         }
     }
@@ -474,6 +482,21 @@ impl<St> ShieldBuilder<St> {
         self
     }
 
+    /// Checks `scopes` on every route but the public ones, after the per-principal limit:
+    /// typically [`ScopeLayer::per_route`](crate::scope::ScopeLayer::per_route), one table of
+    /// who may call what, denied by default. In axum, apply the shield with `router.layer(..)`,
+    /// where route templates are known (see
+    /// [`RouteRequirements`](crate::scope::RouteRequirements)).
+    ///
+    /// The same check as a [`Shield::standard`] layer on each route, without the cost of a
+    /// `route_layer` per route (axum boxes and clones each layered route on every request).
+    #[cfg(feature = "scope")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "scope")))]
+    pub fn with_scopes(mut self, scopes: ScopeLayer) -> Self {
+        self.scopes = Some(scopes);
+        self
+    }
+
     /// Keeps quota state in `store`, e.g. a `RedisStore` shared by every instance, or a
     /// [`MemoryStore`] with a fake clock in tests. Every limit of the shield uses it.
     pub fn with_store<St2>(self, store: St2) -> ShieldBuilder<St2> {
@@ -486,6 +509,8 @@ impl<St> ShieldBuilder<St> {
             principal_quota: self.principal_quota,
             public_quota: self.public_quota,
             sensitive_quota: self.sensitive_quota,
+            #[cfg(feature = "scope")]
+            scopes: self.scopes,
             store,
         }
     }
@@ -537,7 +562,13 @@ impl<St: crate::rate_limit::Store + Clone> ShieldBuilder<St> {
                 .with_store(self.store.clone())
         };
         let (per_ip, per_principal) = (ip(self.ip_quota), principal(self.principal_quota));
-        let guard = GuardConfig::new(per_ip.clone(), auth.clone(), per_principal.clone());
+        let guard = GuardConfig::new(
+            per_ip.clone(),
+            auth.clone(),
+            per_principal.clone(),
+            #[cfg(feature = "scope")]
+            self.scopes,
+        );
         Ok(Shield {
             envelope: self.envelope,
             per_ip,
@@ -563,7 +594,7 @@ impl<St: fmt::Debug> fmt::Debug for ShieldBuilder<St> {
             .field("public_quota", &self.public_quota)
             .field("sensitive_quota", &self.sensitive_quota)
             .field("store", &self.store)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 

@@ -54,6 +54,7 @@ where
         let step =
             check(config, request.method(), request.uri(), request.headers(), request.extensions());
         match step {
+            Step::Public => ResponseFuture::inner(self.inner.call(request)),
             Step::Pass(principal) => {
                 if let Some(principal) = principal {
                     request.extensions_mut().insert(principal);
@@ -82,7 +83,9 @@ where
 /// The auth step of a request, shared by [`Auth`] and the preset's guard, which then put the
 /// principal in the request or answer the rejection.
 pub(crate) enum Step {
-    /// Let through: with a principal, or without one (a public route, optional auth).
+    /// A public route: let through without looking at credentials.
+    Public,
+    /// Let through: with a principal, or without one (optional auth).
     Pass(Option<Principal>),
     /// A 401 (or 400) with its challenge.
     Reject(Error),
@@ -101,7 +104,7 @@ pub(crate) fn check(
 ) -> Step {
     if config.public.contains(method, uri.path()) {
         crate::observe::record(extensions, "auth.outcome", "public");
-        return Step::Pass(None);
+        return Step::Public;
     }
     let auth_request = match AuthRequest::from_headers(headers) {
         Ok(auth_request) => auth_request,

@@ -1,6 +1,6 @@
-//! The middle of a [`Shield`](super::Shield): its per-IP limit, authentication and
-//! per-principal limit as one service, with one future and one `RateLimit` header line for both
-//! limits.
+//! The middle of a [`Shield`](super::Shield): its per-IP limit, authentication, per-principal
+//! limit and (when it has one) scope table as one service, with one future and one `RateLimit`
+//! header line for both limits.
 
 use std::{
     fmt,
@@ -15,6 +15,8 @@ use http::{request::Parts, HeaderMap, HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
+#[cfg(feature = "scope")]
+use crate::scope::{self, ScopeLayer};
 use crate::{
     auth::{self, AuthLayer, BoxAuthFuture},
     principal::AuthMethod,
@@ -24,14 +26,15 @@ use crate::{
     },
 };
 
-/// A [`Shield`](super::Shield)'s per-client-IP limit, authentication and per-principal limit,
-/// in that order, as one service (the shield puts its envelope around it).
+/// A [`Shield`](super::Shield)'s per-client-IP limit, authentication, per-principal limit and
+/// scopes (when [`with_scopes`](super::ShieldBuilder::with_scopes) gave it some), in that
+/// order, as one service (the shield puts its envelope around it).
 ///
-/// It does exactly what those three layers stacked do ([`RateLimitLayer`] per IP,
-/// [`AuthLayer`], [`RateLimitLayer`] per principal), with one future instead of three, and it
-/// writes both limits' items on one `RateLimit-Policy` and one `RateLimit` line (the
-/// per-principal item first, as the stacked layers list them), e.g.
-/// `RateLimit: "per-principal";r=599;t=1, "per-ip";r=599;t=1`.
+/// It does exactly what those layers stacked do ([`RateLimitLayer`] per IP, [`AuthLayer`],
+/// [`RateLimitLayer`] per principal, [`ScopeLayer`](crate::scope::ScopeLayer) on every route
+/// but the public ones), with one future instead of four, and it writes both limits' items on
+/// one `RateLimit-Policy` and one `RateLimit` line (the per-principal item first, as the
+/// stacked layers list them), e.g. `RateLimit: "per-principal";r=599;t=1, "per-ip";r=599;t=1`.
 ///
 /// See the [module docs](crate::preset) for an example.
 pub struct Guard<S, St = MemoryStore> {
@@ -44,6 +47,9 @@ pub(crate) struct GuardConfig<St> {
     per_ip: RateLimitLayer<ClientIp, St>,
     auth: AuthLayer,
     per_principal: RateLimitLayer<PrincipalKey, St>,
+    /// The scopes of every route but the public ones.
+    #[cfg(feature = "scope")]
+    scopes: Option<ScopeLayer>,
     /// The quotas of both limits and their `RateLimit-Policy` lines, when both are fixed and
     /// write only the standard headers; otherwise each limit writes its own lines.
     pair: Option<Pair>,
@@ -61,6 +67,7 @@ impl<St> GuardConfig<St> {
         per_ip: RateLimitLayer<ClientIp, St>,
         auth: AuthLayer,
         per_principal: RateLimitLayer<PrincipalKey, St>,
+        #[cfg(feature = "scope")] scopes: Option<ScopeLayer>,
     ) -> Self {
         // The guard keeps only its limits' decisions, not the quotas chosen per request: the
         // shield builds both limits from fixed quotas.
@@ -76,7 +83,14 @@ impl<St> GuardConfig<St> {
             }
             _ => None,
         };
-        Self { per_ip, auth, per_principal, pair }
+        Self {
+            per_ip,
+            auth,
+            per_principal,
+            #[cfg(feature = "scope")]
+            scopes,
+            pair,
+        }
     }
 }
 
@@ -111,7 +125,7 @@ impl<S: fmt::Debug, St: fmt::Debug> fmt::Debug for Guard<S, St> {
             .field("per_ip", &self.config.per_ip)
             .field("auth", &self.config.auth)
             .field("per_principal", &self.config.per_principal)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -144,6 +158,7 @@ enum Step {
     Ip,
     Auth,
     Principal,
+    Scope,
     Call,
 }
 
@@ -154,6 +169,8 @@ struct Decisions {
     principal: Option<Decision>,
     /// An in-memory store's time, read once for both limits.
     now: Option<u64>,
+    /// A public route: no scope check.
+    public: bool,
 }
 
 /// The inner service: the ready one of `call` (called in place, cloned only to wait), or the
@@ -261,6 +278,10 @@ where
                 let verdict =
                     auth::check(auth, &parts.method, &parts.uri, &parts.headers, &parts.extensions);
                 match verdict {
+                    auth::Step::Public => {
+                        decisions.public = true;
+                        Step::Principal
+                    }
                     auth::Step::Pass(principal) => {
                         if let Some(principal) = principal {
                             parts.extensions.insert(principal);
@@ -276,6 +297,13 @@ where
                     }
                 }
             }
+            Step::Scope => {
+                #[cfg(feature = "scope")]
+                if let Some(response) = config.check_scopes(&mut parts, decisions) {
+                    return Next::Answer(response);
+                }
+                Step::Call
+            }
             Step::Call => {
                 let future = inner.call(Request::from_parts(parts, body));
                 return Next::Wait(State::Calling { future });
@@ -288,7 +316,8 @@ fn next(step: Step) -> Step {
     match step {
         Step::Ip => Step::Auth,
         Step::Auth => Step::Principal,
-        Step::Principal | Step::Call => Step::Call,
+        Step::Principal => Step::Scope,
+        Step::Scope | Step::Call => Step::Call,
     }
 }
 
@@ -329,6 +358,27 @@ impl<St> GuardConfig<St> {
                 Err(response)
             }
         }
+    }
+
+    /// The scope check of a route that is not public: `None` lets the request through,
+    /// otherwise the denial, with both limits' headers.
+    #[cfg(feature = "scope")]
+    fn check_scopes<B: Default>(
+        &self,
+        parts: &mut Parts,
+        decisions: &Decisions,
+    ) -> Option<Response<B>> {
+        let scopes = self.scopes.as_ref().filter(|_| !decisions.public)?;
+        let head = scope::Head {
+            method: &parts.method,
+            uri: &parts.uri,
+            headers: &parts.headers,
+            extensions: &parts.extensions,
+        };
+        let rejection = scope::decide(&scopes.config, &head)?;
+        let mut response = rejection.response(mem::take(&mut parts.extensions));
+        self.write_headers(response.headers_mut(), decisions);
+        Some(response)
     }
 
     /// The response for an authentication failure, with the per-IP limit's headers.

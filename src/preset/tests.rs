@@ -293,6 +293,55 @@ async fn standard_routes_check_scopes() {
     assert_eq!(to_json(response.into_body()).await["code"], "forbidden");
 }
 
+/// A shield with a route table inside an axum router: each route's requirement by its
+/// template, public routes without one, everything else denied.
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn the_shield_checks_a_route_table_by_template() {
+    use axum::{routing::get, Router};
+
+    use crate::scope::{Requirement, RouteRequirements, ScopeLayer};
+
+    let (auth, _) = counting();
+    let table = RouteRequirements::new()
+        .route(Method::GET, "/orders/{id}", Requirement::authenticated())
+        .unwrap()
+        .route(Method::DELETE, "/orders/{id}", Requirement::role("admin"))
+        .unwrap();
+    let shield = builder(auth)
+        .add_public(Method::GET, "/health")
+        .with_scopes(ScopeLayer::per_route(table))
+        .build()
+        .unwrap();
+    let app: Router = Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route("/orders/{id}", get(|| async { "one" }).delete(|| async { "gone" }))
+        .layer(shield);
+    let send = |method: Method, path: &str, token: Option<&str>| {
+        let mut request = request(path, [203, 0, 113, 7], token).map(axum::body::Body::new);
+        *request.method_mut() = method;
+        app.clone().oneshot(request)
+    };
+
+    let cases = [
+        (Method::GET, "/health", None, 200),
+        (Method::GET, "/orders/7", Some("user-alice"), 200),
+        (Method::HEAD, "/orders/7", Some("user-alice"), 200),
+        (Method::DELETE, "/orders/7", Some("user-alice"), 403),
+        (Method::GET, "/nope", Some("user-alice"), 403),
+        (Method::GET, "/nope", None, 401),
+        (Method::PUT, "/health", None, 401),
+    ];
+    for (method, path, token, status) in cases {
+        let response = send(method.clone(), path, token).await.unwrap();
+        assert_eq!(response.status(), status, "{method} {path} {token:?}");
+        if status == 403 {
+            let policy = response.headers()["ratelimit-policy"].to_str().unwrap();
+            assert_eq!(policy, r#""per-principal";q=600;w=60, "per-ip";q=600;w=60"#);
+        }
+    }
+}
+
 /// The shield on an axum router, over a real socket with a real HTTP client.
 #[cfg(feature = "axum")]
 #[tokio::test]
@@ -427,7 +476,7 @@ impl crate::rate_limit::Store for Deferred {
 }
 
 /// The requests of [`the_guard_answers_as_the_stacked_layers_do`], in order.
-const SCRIPT: [(&str, [u8; 4], Option<&str>); 9] = [
+const SCRIPT: [(&str, [u8; 4], Option<&str>); 12] = [
     ("/orders", [203, 0, 113, 7], Some("user-alice")),
     ("/health", [203, 0, 113, 7], None),
     ("/orders", [203, 0, 113, 7], Some("user-alice")),
@@ -439,6 +488,10 @@ const SCRIPT: [(&str, [u8; 4], Option<&str>); 9] = [
     // The per-IP quota of the first address is spent before any credential is read.
     ("/orders", [203, 0, 113, 7], Some("user-carol")),
     ("/health", [203, 0, 113, 7], None),
+    // With scopes: a role nobody has, and a route not in the table.
+    ("/admin", [192, 0, 2, 9], Some("user-dave")),
+    ("/other", [192, 0, 2, 9], Some("user-dave")),
+    ("/other", [192, 0, 2, 9], None),
 ];
 
 async fn run_script<S, B>(service: S) -> Vec<Seen>
@@ -455,10 +508,27 @@ where
     answers
 }
 
+/// The route table of the script: `/orders` for any principal, `/admin` for a role nobody
+/// has; the stacked layers also open the public `/health`, which the shield skips by itself.
+fn routes(open_health: bool) -> crate::scope::ScopeLayer {
+    use crate::scope::{Requirement, RouteRequirements, ScopeLayer};
+    let table = RouteRequirements::new()
+        .route(Method::GET, "/orders", Requirement::authenticated())
+        .unwrap()
+        .route(Method::GET, "/admin", Requirement::role("admin"))
+        .unwrap();
+    let table = if open_health { table.open(Method::GET, "/health").unwrap() } else { table };
+    ScopeLayer::per_route(table)
+}
+
 /// The script through a [`Shield`] on `guarded` and through the layers it stands for, stacked
-/// by hand, on `stacked`.
-async fn guarded_and_stacked<St>(auth: &dyn Fn() -> AuthLayer, guarded: St, stacked: St)
-where
+/// by hand, on `stacked`; with a route table of scopes when `scopes`.
+async fn guarded_and_stacked<St>(
+    auth: &dyn Fn() -> AuthLayer,
+    guarded: St,
+    stacked: St,
+    scopes: bool,
+) where
     St: crate::rate_limit::Store + Clone + std::fmt::Debug,
 {
     let (ip_quota, principal_quota) = (Quota::per_minute(nz(4)), Quota::per_minute(nz(2)));
@@ -466,9 +536,9 @@ where
         .with_auth(auth())
         .with_ip_quota(ip_quota.clone())
         .with_principal_quota(principal_quota.clone())
-        .with_store(guarded)
-        .build()
-        .unwrap();
+        .with_store(guarded);
+    let shield = if scopes { shield.with_scopes(routes(false)) } else { shield };
+    let shield = shield.build().unwrap();
     let by_hand = ServiceBuilder::new()
         .layer(ErrorEnvelopeLayer::new())
         .layer(
@@ -480,21 +550,28 @@ where
             RateLimitLayer::new(PrincipalKey, principal_quota.named("per-principal"))
                 .on_missing_key(MissingKey::Skip)
                 .with_store(stacked),
-        );
+        )
+        .option_layer(scopes.then(|| routes(true)));
     let guarded = run_script(shield.layer(service_fn(handler))).await;
     let stacked = run_script(by_hand.service(service_fn(handler))).await;
     assert_eq!(guarded, stacked);
     // The script reaches every answer.
     let statuses: Vec<_> = guarded.iter().map(|seen| seen.status.as_u16()).collect();
-    assert_eq!(statuses, [200, 200, 200, 429, 401, 401, 200, 429, 429]);
+    let tail: &[u16] = if scopes { &[403, 403, 401] } else { &[200, 200, 401] };
+    assert_eq!(statuses[..9], [200, 200, 200, 429, 401, 401, 200, 429, 429]);
+    assert_eq!(statuses[9..], *tail);
     assert_eq!(guarded[3].policies, [r#""per-principal";q=2;w=60"#, r#""per-ip";q=4;w=60"#]);
     assert!(guarded[3].limits[0].starts_with(r#""per-principal";r=0;t="#));
     assert!(guarded[4].challenge.as_deref().is_some_and(|c| c.contains("invalid_token")));
+    if scopes {
+        assert_eq!(guarded[9].code.as_deref(), Some("forbidden"));
+        assert_eq!(guarded[9].policies.len(), 2, "a 403 carries both limits' items");
+    }
 }
 
 /// The same requests through a [`Shield`] and through the layers it stands for: a client sees
 /// the same answers, with the same rate-limit items, whether the store and the authenticator
-/// answer at once or later (as Redis and a JWKS fetch do).
+/// answer at once or later (as Redis and a JWKS fetch do), with or without a scope table.
 #[tokio::test]
 async fn the_guard_answers_as_the_stacked_layers_do() {
     for later in [false, true] {
@@ -507,8 +584,10 @@ async fn the_guard_answers_as_the_stacked_layers_do() {
             auth.add_public(Method::GET, "/health").unwrap()
         };
         let store = || MemoryStore::new().with_clock(FakeClock::new());
-        guarded_and_stacked(&auth, store(), store()).await;
-        guarded_and_stacked(&auth, Deferred(store()), Deferred(store())).await;
+        for scopes in [false, true] {
+            guarded_and_stacked(&auth, store(), store(), scopes).await;
+            guarded_and_stacked(&auth, Deferred(store()), Deferred(store()), scopes).await;
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 use std::{borrow::Cow, sync::Arc};
 
-use http::{header, HeaderValue, Response};
+use http::{header, HeaderValue, Method, Response};
 use tower_layer::Layer;
 
 use super::{requirement::Requirement, Scope};
@@ -13,8 +13,9 @@ use crate::{
 /// Lets a request through only when its [`Principal`](crate::principal::Principal) meets a
 /// [`Requirement`].
 ///
-/// [`ScopeLayer::new`] guards a route (in axum, with `route_layer`); [`ScopeLayer::per_method`]
-/// guards a gRPC server with one requirement per method. A request without a principal gets
+/// [`ScopeLayer::new`] guards a route (in axum, with `route_layer`); [`ScopeLayer::per_route`]
+/// guards a whole axum router with one table of routes (`Router::layer`);
+/// [`ScopeLayer::per_method`] guards a gRPC server with one requirement per method. A request without a principal gets
 /// 401, one that fails the requirement 403 (or 401 for step-up, 404 for a hidden tenant); see
 /// the [module docs](crate::scope) for the exact answers.
 ///
@@ -44,6 +45,7 @@ pub(crate) struct Config {
 enum Source {
     One(Requirement),
     Methods(MethodRequirements),
+    Routes(RouteRequirements),
 }
 
 #[derive(Clone, Debug)]
@@ -56,6 +58,18 @@ pub(crate) enum Table {
         services: Box<[(Box<str>, Compiled)]>,
         unmapped: Option<Compiled>,
     },
+    /// Sorted by route, then method; `None` for an open route.
+    Routes(Box<[(Box<str>, Method, Option<Compiled>)]>),
+}
+
+/// What a table says of a request.
+pub(crate) enum Lookup<'a> {
+    /// Its requirement.
+    Guarded(&'a Compiled),
+    /// An open route: any caller, with or without a principal.
+    Open,
+    /// Not in the table: denied.
+    Unmapped,
 }
 
 /// A requirement with its denials prepared.
@@ -114,6 +128,13 @@ impl ScopeLayer {
         Self::build("api".into(), Arc::new(SystemClock), Source::Methods(methods))
     }
 
+    /// Guards an axum router with one requirement per route, denying the routes not listed;
+    /// see [`RouteRequirements`]. Apply it with `Router::layer`, where axum's route template
+    /// is known.
+    pub fn per_route(routes: RouteRequirements) -> Self {
+        Self::build("api".into(), Arc::new(SystemClock), Source::Routes(routes))
+    }
+
     /// The `realm` of the `WWW-Authenticate` challenges (default `"api"`).
     pub fn realm(self, realm: impl Into<Cow<'static, str>>) -> Self {
         let config = &self.config;
@@ -144,6 +165,21 @@ impl ScopeLayer {
                     unmapped: methods.unmapped.as_ref().map(compile),
                 }
             }
+            Source::Routes(routes) => {
+                let mut routes: Vec<_> = routes
+                    .routes
+                    .iter()
+                    .map(|(method, route, r)| {
+                        (route.clone(), method.clone(), r.as_ref().map(compile))
+                    })
+                    .collect();
+                routes.sort_by(|a, b| (&a.0, a.1.as_str()).cmp(&(&b.0, b.1.as_str())));
+                Table::Routes(routes.into_boxed_slice())
+            }
+        };
+        let unmapped = match source {
+            Source::Routes(_) => "no requirement is configured for this route (deny by default)",
+            _ => "no requirement is configured for this method (deny by default)",
         };
         let config = Config {
             unauthenticated: Rejection::new(
@@ -157,10 +193,7 @@ impl ScopeLayer {
             tenant_forbidden: Rejection::new(
                 Error::new(ErrorKind::Forbidden).with_reason("tenant mismatch"),
             ),
-            unmapped: Rejection::new(
-                Error::new(ErrorKind::Forbidden)
-                    .with_reason("no requirement is configured for this method (deny by default)"),
-            ),
+            unmapped: Rejection::new(Error::new(ErrorKind::Forbidden).with_reason(unmapped)),
             realm,
             source,
             clock,
@@ -211,23 +244,43 @@ fn compile(realm: &Cow<'static, str>, requirement: &Requirement) -> Compiled {
 }
 
 impl Config {
-    /// The requirement for a request path; `None` when the path is unmapped and denied.
-    pub(crate) fn lookup(&self, path: &str) -> Option<&Compiled> {
+    /// The requirement for a request: by its path (`/package.Service/Method` for gRPC), or,
+    /// in a route table, by its method and `route` (axum's template, else the path).
+    pub(crate) fn lookup(&self, method: &Method, path: &str, route: &str) -> Lookup<'_> {
         match &self.table {
-            Table::One(compiled) => Some(compiled),
+            Table::One(compiled) => Lookup::Guarded(compiled),
             Table::Methods { methods, services, unmapped } => {
                 if let Ok(i) = methods.binary_search_by(|(p, _)| (**p).cmp(path)) {
-                    return Some(&methods[i].1);
+                    return Lookup::Guarded(&methods[i].1);
                 }
                 let service = path.strip_prefix('/').and_then(|p| p.split_once('/')).map(|s| s.0);
                 if let Some(service) = service {
                     if let Ok(i) = services.binary_search_by(|(s, _)| (**s).cmp(service)) {
-                        return Some(&services[i].1);
+                        return Lookup::Guarded(&services[i].1);
                     }
                 }
-                unmapped.as_ref()
+                unmapped.as_ref().map_or(Lookup::Unmapped, Lookup::Guarded)
+            }
+            Table::Routes(routes) => {
+                let find = |method: &Method| {
+                    let key = (route, method.as_str());
+                    routes.binary_search_by(|(r, m, _)| (&**r, m.as_str()).cmp(&key)).ok()
+                };
+                // axum answers HEAD with the GET handler: HEAD falls back to GET's entry.
+                let found = find(method)
+                    .or_else(|| (method == Method::HEAD).then(|| find(&Method::GET)).flatten());
+                match found.map(|i| &routes[i].2) {
+                    Some(Some(compiled)) => Lookup::Guarded(compiled),
+                    Some(None) => Lookup::Open,
+                    None => Lookup::Unmapped,
+                }
             }
         }
+    }
+
+    /// Whether requests are looked up by route template (a [`RouteRequirements`] table).
+    pub(crate) fn by_route(&self) -> bool {
+        matches!(self.table, Table::Routes(_))
     }
 }
 
@@ -333,5 +386,94 @@ impl MethodRequirements {
     pub fn unmapped(mut self, requirement: Requirement) -> Self {
         self.unmapped = Some(requirement);
         self
+    }
+}
+
+/// Requirements per HTTP route, for [`ScopeLayer::per_route`]: who may call what, in one
+/// table.
+///
+/// A request is matched by its method and its route: axum's route template
+/// ([`MatchedPath`](https://docs.rs/axum/latest/axum/extract/struct.MatchedPath.html), e.g.
+/// `/orders/{id}`), which axum sets when the layer runs inside the router (`Router::layer`);
+/// without one (the layer outside the router, or no axum), the request path, exactly, so a
+/// template never matches there. `HEAD` uses `GET`'s entry when it has none of its own (axum
+/// answers `HEAD` with the `GET` handler).
+///
+/// **Routes not listed are denied** (403; 401 without a principal), a path no route matches
+/// included, so a route added later is closed until someone decides who may call it.
+/// [`open`](RouteRequirements::open) routes let every caller through, with or without a
+/// principal.
+///
+/// ```
+/// use http::Method;
+/// use tower_shield::scope::{Requirement, RouteRequirements, ScopeLayer};
+///
+/// # fn main() -> Result<(), tower_shield::error::ConfigError> {
+/// let layer = ScopeLayer::per_route(
+///     RouteRequirements::new()
+///         .open(Method::GET, "/health")?
+///         .route(Method::GET, "/orders", Requirement::scope("orders:read"))?
+///         .route(Method::POST, "/orders", Requirement::scope("orders:write"))?
+///         .route(Method::GET, "/orders/{id}", Requirement::scope("orders:read"))?
+///         .route(Method::DELETE, "/orders/{id}", Requirement::scope("orders:admin"))?,
+/// );
+/// // router.layer(layer), inside the authentication layer
+/// # let _ = layer;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug, Default)]
+#[must_use]
+pub struct RouteRequirements {
+    routes: Vec<(Method, Box<str>, Option<Requirement>)>,
+}
+
+impl RouteRequirements {
+    /// No route listed: everything denied.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `requirement` for `method` on `route`, an axum route template such as `/orders/{id}`.
+    ///
+    /// # Errors
+    ///
+    /// When `route` does not start with `/`, has a query or a fragment, or is listed already
+    /// for `method`.
+    pub fn route(
+        self,
+        method: Method,
+        route: &str,
+        requirement: Requirement,
+    ) -> Result<Self, ConfigError> {
+        self.add(method, route, Some(requirement))
+    }
+
+    /// Lets every caller through `method` on `route`, with or without a principal (a health
+    /// check, a login).
+    ///
+    /// # Errors
+    ///
+    /// As for [`route`](RouteRequirements::route).
+    pub fn open(self, method: Method, route: &str) -> Result<Self, ConfigError> {
+        self.add(method, route, None)
+    }
+
+    fn add(
+        mut self,
+        method: Method,
+        route: &str,
+        requirement: Option<Requirement>,
+    ) -> Result<Self, ConfigError> {
+        if !route.starts_with('/') || route.contains(['?', '#']) {
+            return Err(ConfigError::new(format!(
+                "route {route:?} must be a path starting with `/`, without query or fragment"
+            )));
+        }
+        if self.routes.iter().any(|(m, r, _)| *m == method && **r == *route) {
+            return Err(ConfigError::new(format!("route {method} {route:?} is listed twice")));
+        }
+        self.routes.push((method, route.into(), requirement));
+        Ok(self)
     }
 }

@@ -105,9 +105,11 @@ mod policy;
 mod requirement;
 mod service;
 
+#[cfg(all(feature = "envelope", feature = "auth", feature = "rate-limit"))]
+pub(crate) use self::service::{decide, Head};
 pub use self::{
     future::ResponseFuture,
-    layer::{MethodRequirements, ScopeLayer},
+    layer::{MethodRequirements, RouteRequirements, ScopeLayer},
     policy::{authorize, Decision, Policy, PolicyFuture, PolicyLayer, PolicyService},
     requirement::{Requirement, Tenant},
     service::Scope,

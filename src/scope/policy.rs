@@ -349,7 +349,7 @@ where
                 event = "scope.denied",
                 outcome = "unauthenticated",
                 policy = self.layer.policy.name(),
-                route = super::service::route(&request),
+                route = super::service::route(&super::service::Head::of(&request)),
                 "request denied"
             );
             let response = self.layer.unauthenticated.to_response();

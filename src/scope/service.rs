@@ -3,12 +3,12 @@ use std::{
     task::{Context, Poll},
 };
 
-use http::{Request, Response};
+use http::{Extensions, HeaderMap, Method, Request, Response, Uri};
 use tower_service::Service;
 
 use super::{
     future::ResponseFuture,
-    layer::{Config, Rejection},
+    layer::{Config, Lookup, Rejection},
     requirement::{Facts, Verdict},
     Requirement, ScopeLayer,
 };
@@ -51,7 +51,8 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        match decide(&self.config, &request) {
+        let head = Head::of(&request);
+        match decide(&self.config, &head) {
             None => ResponseFuture::future(self.inner.call(request)),
             Some(rejection) => ResponseFuture::rejected(
                 rejection.response(std::mem::take(request.extensions_mut())),
@@ -60,48 +61,75 @@ where
     }
 }
 
+/// The parts of a request a scope decision reads: a `Request`'s in [`Scope`], its `Parts`'
+/// in the preset's guard.
+pub(crate) struct Head<'a> {
+    pub(crate) method: &'a Method,
+    pub(crate) uri: &'a Uri,
+    pub(crate) headers: &'a HeaderMap,
+    pub(crate) extensions: &'a Extensions,
+}
+
+impl<'a> Head<'a> {
+    pub(crate) fn of<B>(request: &'a Request<B>) -> Self {
+        let (method, uri) = (request.method(), request.uri());
+        Self { method, uri, headers: request.headers(), extensions: request.extensions() }
+    }
+}
+
 const TARGET: &str = "tower_shield::security";
 
 /// `None` lets the request through; otherwise the denial. Every outcome is logged.
-fn decide<'c, B>(config: &'c Config, request: &Request<B>) -> Option<&'c Rejection> {
-    let principal = request.extensions().get::<Principal>();
-    let Some(compiled) = config.lookup(request.uri().path()) else {
-        let (outcome, rejection) = match principal {
-            None => ("unauthenticated", &config.unauthenticated),
-            Some(_) => ("unmapped", &config.unmapped),
-        };
-        crate::observe::scope(request.extensions(), outcome);
-        tracing::warn!(
-            target: TARGET,
-            event = "scope.denied",
-            outcome,
-            subject = principal.map(Principal::subject),
-            tenant = principal.and_then(Principal::tenant),
-            route = route(request),
-            requirement = "unmapped",
-            reason = rejection.error().reason(),
-            "request denied: no requirement for this method"
-        );
-        return Some(rejection);
+pub(crate) fn decide<'c>(config: &'c Config, head: &Head<'_>) -> Option<&'c Rejection> {
+    let principal = head.extensions.get::<Principal>();
+    let path = head.uri.path();
+    let compiled = match config.lookup(
+        head.method,
+        path,
+        if config.by_route() { route(head) } else { path },
+    ) {
+        Lookup::Guarded(compiled) => compiled,
+        Lookup::Open => {
+            crate::observe::scope(head.extensions, "open");
+            return None;
+        }
+        Lookup::Unmapped => {
+            let (outcome, rejection) = match principal {
+                None => ("unauthenticated", &config.unauthenticated),
+                Some(_) => ("unmapped", &config.unmapped),
+            };
+            crate::observe::scope(head.extensions, outcome);
+            tracing::warn!(
+                target: TARGET,
+                event = "scope.denied",
+                outcome,
+                subject = principal.map(Principal::subject),
+                tenant = principal.and_then(Principal::tenant),
+                route = route(head),
+                requirement = "unmapped",
+                reason = rejection.error().reason(),
+                "request denied: no requirement for this request"
+            );
+            return Some(rejection);
+        }
     };
     let requirement = &*compiled.label;
     let Some(principal) = principal else {
-        denied("scope.denied", "unauthenticated", None, request, requirement);
+        denied("scope.denied", "unauthenticated", None, head, requirement);
         return Some(&config.unauthenticated);
     };
-    let facts =
-        Facts { principal, clock: &*config.clock, uri: request.uri(), headers: request.headers() };
+    let facts = Facts { principal, clock: &*config.clock, uri: head.uri, headers: head.headers };
     let (verdict, alternative) = compiled.requirement.evaluate(&facts);
     let (event, outcome, rejection) = match verdict {
         Verdict::Allow => {
-            crate::observe::scope(request.extensions(), "allowed");
+            crate::observe::scope(head.extensions, "allowed");
             tracing::debug!(
                 target: TARGET,
                 event = "scope.allowed",
                 outcome = "allowed",
                 subject = principal.subject(),
                 tenant = principal.tenant(),
-                route = route(request),
+                route = route(head),
                 requirement,
                 "request allowed"
             );
@@ -116,35 +144,35 @@ fn decide<'c, B>(config: &'c Config, request: &Request<B>) -> Option<&'c Rejecti
         Verdict::TenantForbidden => ("scope.denied", "tenant_forbidden", &config.tenant_forbidden),
         Verdict::Hidden => ("scope.denied", "not_found", &config.hidden),
     };
-    denied(event, outcome, Some(principal), request, requirement);
+    denied(event, outcome, Some(principal), head, requirement);
     Some(rejection)
 }
 
-fn denied<B>(
+fn denied(
     event: &'static str,
     outcome: &'static str,
     principal: Option<&Principal>,
-    request: &Request<B>,
+    head: &Head<'_>,
     requirement: &str,
 ) {
-    crate::observe::scope(request.extensions(), outcome);
+    crate::observe::scope(head.extensions, outcome);
     tracing::info!(
         target: TARGET,
         event,
         outcome,
         subject = principal.map(Principal::subject),
         tenant = principal.and_then(Principal::tenant),
-        route = route(request),
+        route = route(head),
         requirement,
         "request denied"
     );
 }
 
 /// The route template (axum's `MatchedPath`) when known, else the path; never the query.
-pub(crate) fn route<B>(request: &Request<B>) -> &str {
+pub(crate) fn route<'a>(head: &Head<'a>) -> &'a str {
     #[cfg(feature = "axum")]
-    if let Some(matched) = request.extensions().get::<axum::extract::MatchedPath>() {
+    if let Some(matched) = head.extensions.get::<axum::extract::MatchedPath>() {
         return matched.as_str();
     }
-    request.uri().path()
+    head.uri.path()
 }

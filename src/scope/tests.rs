@@ -454,6 +454,106 @@ fn method_table_rejects_bad_paths() {
     assert!(twice.is_err());
 }
 
+fn orders_table() -> ScopeLayer {
+    let r = |scope| Requirement::scope(scope);
+    ScopeLayer::per_route(
+        RouteRequirements::new()
+            .open(http::Method::GET, "/health")
+            .unwrap()
+            .route(http::Method::GET, "/orders", r("orders:read"))
+            .unwrap()
+            .route(http::Method::GET, "/orders/{id}", r("orders:read"))
+            .unwrap()
+            .route(http::Method::DELETE, "/orders/{id}", r("orders:admin"))
+            .unwrap(),
+    )
+}
+
+/// An axum router behind the route table, inside it (`Router::layer`), with a principal
+/// holding `scopes` when given.
+#[cfg(feature = "axum")]
+async fn through_router(method: &str, uri: &str, scopes: Option<&[&str]>) -> (u16, Option<String>) {
+    use axum::routing::get;
+    let router = axum::Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route("/orders", get(|| async { "[]" }).post(|| async { "made" }))
+        .route("/orders/{id}", get(|| async { "one" }).delete(|| async { "gone" }))
+        .layer(orders_table());
+    let request = Request::builder().method(method).uri(uri).body(axum::body::Body::empty());
+    let mut request = request.unwrap();
+    if let Some(scopes) = scopes {
+        request.extensions_mut().insert(principal(scopes, &[]));
+    }
+    let response = router.oneshot(request).await.unwrap();
+    let challenge = response.headers().get(header::WWW_AUTHENTICATE);
+    (response.status().as_u16(), challenge.map(|c| c.to_str().unwrap().to_owned()))
+}
+
+/// Every route of the table, by axum's route template, deny by default.
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn per_route_table_by_template_with_deny_by_default() {
+    let read: &[&str] = &["orders:read"];
+    let cases: [(&str, &str, Option<&[&str]>, u16); 14] = [
+        ("GET", "/health", None, 200),
+        ("GET", "/orders", Some(read), 200),
+        ("GET", "/orders", Some(&[]), 403),
+        ("GET", "/orders", None, 401),
+        // The template matches every id; HEAD uses GET's entry.
+        ("GET", "/orders/7", Some(read), 200),
+        ("HEAD", "/orders/7", Some(read), 200),
+        ("DELETE", "/orders/7", Some(read), 403),
+        ("DELETE", "/orders/7", Some(&["orders:admin"]), 200),
+        // Not listed: a method of a listed route, a path no route matches.
+        ("POST", "/orders", Some(&["orders:read", "orders:write"]), 403),
+        ("POST", "/orders", None, 401),
+        ("GET", "/nope", Some(read), 403),
+        ("GET", "/nope", None, 401),
+        // A path spelled like the template is routed, and checked, as any other id.
+        ("GET", "/orders/{id}", Some(read), 200),
+        ("PUT", "/health", None, 401),
+    ];
+    for (method, uri, scopes, status) in cases {
+        let (got, challenge) = through_router(method, uri, scopes).await;
+        assert_eq!(got, status, "{method} {uri} {scopes:?}");
+        if status == 403 && uri == "/orders" && method == "GET" {
+            let want = r#"Bearer realm="api", error="insufficient_scope", scope="orders:read""#;
+            assert_eq!(challenge.as_deref(), Some(want));
+        }
+    }
+}
+
+/// Without axum's route template (the layer outside a router), a request is matched by its
+/// path, exactly: a template route never matches, so it is denied, never let through.
+#[tokio::test]
+async fn per_route_table_outside_a_router_fails_closed() {
+    let layer = orders_table();
+    let reader = || Some(principal(&["orders:read"], &[]));
+    assert_eq!(send_to(&layer, reader(), get("/orders")).await.status(), 200);
+    assert_eq!(send_to(&layer, None, get("/health")).await.status(), 200);
+    let response = send_to(&layer, reader(), get("/orders/7")).await;
+    assert_eq!(response.status(), 403);
+    assert_eq!(
+        response.extensions().get::<Error>().unwrap().reason(),
+        Some("no requirement is configured for this route (deny by default)")
+    );
+}
+
+#[test]
+fn route_table_rejects_bad_routes() {
+    let r = Requirement::authenticated;
+    for route in ["", "orders", "/orders?x=1", "/orders#top"] {
+        assert!(RouteRequirements::new().route(http::Method::GET, route, r()).is_err(), "{route}");
+        assert!(RouteRequirements::new().open(http::Method::GET, route).is_err(), "{route}");
+    }
+    let twice = RouteRequirements::new().route(http::Method::GET, "/a", r()).unwrap();
+    let twice = twice.open(http::Method::GET, "/a").unwrap_err();
+    assert!(twice.message().contains("twice"));
+    // Another method of the same route is another entry.
+    let ok = RouteRequirements::new().route(http::Method::GET, "/a", r()).unwrap();
+    assert!(ok.route(http::Method::POST, "/a", r()).is_ok());
+}
+
 #[tokio::test]
 async fn service_builder_require_scope() {
     let service = ServiceBuilder::new().require_scope(Requirement::scope("a")).service_fn(echo);
