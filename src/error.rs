@@ -639,10 +639,11 @@ impl Error {
     /// `extensions` emptied: a rejecting layer passes the rejected request's, whose map is
     /// already allocated, rather than have a new one allocated for this one entry.
     pub(crate) fn into_response<B: Default>(self, mut extensions: http::Extensions) -> Response<B> {
+        let headers = rejection_headers(&extensions);
         extensions.clear();
         let mut response = Response::new(B::default());
         *response.status_mut() = self.status();
-        *response.headers_mut() = rejection_headers();
+        *response.headers_mut() = headers;
         self.write_headers(response.headers_mut());
         extensions.insert(self);
         *response.extensions_mut() = extensions;
@@ -747,10 +748,19 @@ impl Error {
 }
 
 /// An empty header map for a rejection, sized for the headers it carries on its way out of
-/// the recommended stack (`WWW-Authenticate` or `Retry-After`, `RateLimit-Policy`, `RateLimit`,
-/// the request id, `Content-Type` and `nosniff`), so that it is allocated once, not grown.
-/// Six names is also the most a map holds in glibc's per-thread cache of small blocks.
-pub(crate) fn rejection_headers() -> http::HeaderMap {
+/// the recommended stack, so that it is allocated once, not grown: `WWW-Authenticate` or
+/// `Retry-After`, `RateLimit-Policy`, `RateLimit`, the request id, `Content-Type` and
+/// `nosniff`, and inside an axum router (the request has a matched path) the `Content-Length`
+/// axum adds.
+///
+/// Six names is the most a map holds in the block glibc's per-thread cache serves fastest;
+/// seven need the next size, which is why that size is only taken inside a router.
+pub(crate) fn rejection_headers(request: &http::Extensions) -> http::HeaderMap {
+    #[cfg(feature = "axum")]
+    if request.get::<axum::extract::MatchedPath>().is_some() {
+        return http::HeaderMap::with_capacity(7);
+    }
+    let _ = request;
     http::HeaderMap::with_capacity(6)
 }
 

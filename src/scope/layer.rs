@@ -103,11 +103,12 @@ impl Rejection {
     /// The same response as [`Error::to_response`], without rendering the challenge again, in
     /// the rejected request's `extensions`, emptied (their map is already allocated).
     pub(crate) fn response<B: Default>(&self, mut extensions: http::Extensions) -> Response<B> {
+        let headers = crate::error::rejection_headers(&extensions);
         extensions.clear();
         extensions.insert(self.error.clone());
         let mut response = Response::new(B::default());
         *response.status_mut() = self.error.status();
-        *response.headers_mut() = crate::error::rejection_headers();
+        *response.headers_mut() = headers;
         if let Some(challenge) = &self.challenge {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge.clone());
         }
