@@ -17,18 +17,21 @@
 //!    from, and cannot be spent by someone naming another caller. Public routes (no principal)
 //!    are limited by step 2 only.
 //!
-//! The inner half is per route, because it depends on the route: apply it with axum's
-//! `route_layer`, inside the shield:
+//! The inner half depends on the route:
 //!
-//! 5. [`ScopeLayer`] ([`Shield::standard`]): **authorize before
-//!    validating bodies**, so an unauthorized caller learns nothing about the expected shape
-//!    and costs no body parsing.
+//! 5. [`ScopeLayer`]: **authorize before validating bodies**, so an unauthorized caller learns
+//!    nothing about the expected shape and costs no body parsing. Either in the shield, one
+//!    table for every route ([`ShieldBuilder::with_scopes`] with
+//!    [`ScopeLayer::per_route`]: denied by default, public routes skipped, the cheaper way),
+//!    or per route with axum's `route_layer` ([`Shield::standard`]).
 //! 6. [`ValidateLayer`](crate::validate::ValidateLayer): size, content type, JSON shape.
 //! 7. [`IdempotencyLayer`](crate::idempotency::IdempotencyLayer): **validate before
 //!    idempotency**, so an invalid request never reserves or stores a record.
 //!
-//! axum runs the last `route_layer` first, so a write route reads
-//! `post(h).route_layer(idempotency).route_layer(validate).route_layer(shield.standard(req))`.
+//! Steps 6 and 7 go on their routes with `route_layer`, inside the shield. axum runs the last
+//! `route_layer` first, so a write route reads
+//! `post(h).route_layer(idempotency).route_layer(validate)` (then
+//! `.route_layer(shield.standard(req))` when the scope is per route).
 //!
 //! # Risk classes
 //!
@@ -77,16 +80,20 @@
 //!
 //! # Cost
 //!
-//! With the default features, the shield and a scope check add about 1.8 µs to an accepted
-//! request over bare axum (which takes about 1.1 µs in process on the same machine; figures
-//! and commands in `BENCHMARKS.md`). Two choices change that:
+//! With the default features, the shield with its scope table adds about 1.1 to 1.3 µs to an
+//! accepted request over bare axum (which takes about 1 µs in process on the same machine),
+//! 2.6 times less than tower_governor + jwt-authorizer; figures and commands in
+//! `BENCHMARKS.md`. Three choices change that:
 //!
-//! - `router.layer(shield)` applies the shield to each route, and axum boxes and clones a
-//!   layered route on every request: about 0.3 µs of the 1.8. Wrapping the whole router
-//!   instead (`shield.layer(router)`, or a `ServiceBuilder` around it) saves that, but the
-//!   envelope then runs before routing: its span and metrics know no route template (the
-//!   `route` field stays empty, the metric label is `unmatched`). Per-route layers
-//!   (`route_layer(shield.standard(..))`) work the same either way.
+//! - Each `Router::layer` or `route_layer` makes axum box and clone the layered route on
+//!   every request, about 0.1 to 0.15 µs each. Scopes in the shield's table
+//!   ([`with_scopes`](ShieldBuilder::with_scopes)) cost one layered route for the shield and
+//!   its scopes; a [`Shield::standard`] `route_layer` per route adds one more.
+//! - Wrapping the whole router (`shield.layer(router)`, or a `ServiceBuilder` around it)
+//!   saves the shield's layered route too, but the envelope and the scope table then run
+//!   before routing: the span and metrics know no route template (the `route` field stays
+//!   empty, the metric label is `unmatched`), and a table matches request paths exactly, so
+//!   list no templates (`/orders/{id}`) in it there, or use per-route layers for them.
 //! - Feature `metrics` adds about 0.2 µs (a latency histogram and counters per request,
 //!   recorded whether or not a recorder is installed).
 //!
@@ -133,32 +140,42 @@
 //! # }
 //! ```
 //!
-//! With axum, in a few lines:
+//! With axum, in a few lines: who may call what in one table, in the shield (routes not in it
+//! are denied; public routes need no entry):
 //!
 //! ```
 //! # #[cfg(feature = "axum")]
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use axum::{http::Method, routing::{get, post}, Router};
-//! use tower_shield::{auth::{jwt::Jwt, AuthLayer}, preset::Shield, scope::Requirement};
+//! use tower_shield::{
+//!     auth::{jwt::Jwt, AuthLayer},
+//!     preset::Shield,
+//!     scope::{Requirement, RouteRequirements, ScopeLayer},
+//! };
 //!
 //! let jwt = Jwt::builder()
 //!     .hs256_secret(b"an example secret of at least 32 bytes!!")
 //!     .issuer("https://issuer.example")
 //!     .audience("orders-api")
 //!     .build()?;
+//! let scopes = RouteRequirements::new()
+//!     .route(Method::GET, "/orders", Requirement::scope("orders:read"))?
+//!     .route(Method::GET, "/orders/{id}", Requirement::scope("orders:read"))?
+//!     .route(Method::DELETE, "/orders/{id}", Requirement::scope("orders:admin"))?;
 //! let shield = Shield::builder()
 //!     .with_auth(AuthLayer::new(jwt))
 //!     .add_public(Method::GET, "/health")
 //!     .add_public(Method::POST, "/login")
+//!     .with_scopes(ScopeLayer::per_route(scopes))
 //!     .build()?;
 //!
 //! let app: Router = Router::new()
+//!     // The public and sensitive classes add their stricter limits per route.
 //!     .route("/health", get(|| async { "ok" }).route_layer(shield.public()))
 //!     .route("/login", post(|| async { "token" }).route_layer(shield.sensitive()))
-//!     .route(
-//!         "/orders",
-//!         get(|| async { "[]" }).route_layer(shield.standard(Requirement::scope("orders:read"))),
-//!     )
+//!     .route("/orders", get(|| async { "[]" }))
+//!     .route("/orders/{id}", get(|| async { "one" }).delete(|| async { "deleted" }))
+//!     // Inside the router, where axum's route templates are known.
 //!     .layer(shield);
 //! // axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
 //! # let _ = app;

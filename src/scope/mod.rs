@@ -7,7 +7,9 @@
 //!
 //! - [`ScopeLayer`] checks a [`Requirement`] before the inner service: all or any of a set of
 //!   scopes, roles, freshness and strength of the login (RFC 9470 step-up), the caller's tenant,
-//!   and `and`/`or` combinations. Use it per route (axum `route_layer`) or per gRPC method
+//!   and `and`/`or` combinations. Use it per route (axum `route_layer`), as one table for a
+//!   whole axum router, denied by default ([`ScopeLayer::per_route`] with
+//!   [`RouteRequirements`], or in the preset's shield), or per gRPC method
 //!   ([`ScopeLayer::per_method`] with [`MethodRequirements`]).
 //! - [`Policy`] is object-level authorization (OWASP API1, "BOLA"): may this caller act on
 //!   *this* order? Call it from a handler with [`authorize`], or before the handler with a
@@ -75,7 +77,9 @@
 //! ```
 //!
 //! With axum, guard each route with `route_layer`, so the router's own 404 and 405 answers stay
-//! as they are:
+//! as they are (or list every route in one [`RouteRequirements`] table and apply it with
+//! `Router::layer`: one layered route instead of one per route, and a route nobody listed is
+//! denied rather than open):
 //!
 //! ```
 //! # #[cfg(feature = "axum")]
