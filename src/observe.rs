@@ -184,8 +184,9 @@ pub(crate) fn rate_limit(
 #[inline]
 pub(crate) fn scope(extensions: &Extensions, outcome: &'static str) {
     record(extensions, "scope.outcome", outcome);
+    // `open`: a route of a table that anyone may call, not a denial.
     #[cfg(feature = "metrics")]
-    if outcome != "allowed" {
+    if !matches!(outcome, "allowed" | "open") {
         count_scope_denied(outcome);
     }
 }

@@ -509,6 +509,43 @@ fn no_secret_reaches_logs_responses_or_debug_and_the_span_is_filled() {
     assert!(key.key().labels().any(|l| l.key() == "status" && l.value() == "5xx"));
 }
 
+/// A route table's open route lets an anonymous caller through, and is neither a denial in
+/// the metrics nor anything but `open` in the span; an unlisted route is counted `unmapped`.
+#[test]
+fn open_routes_of_a_scope_table_are_not_denials() {
+    use tower_shield::scope::RouteRequirements;
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let table = RouteRequirements::new()
+        .open(Method::GET, "/health")
+        .unwrap()
+        .route(Method::GET, "/orders", Requirement::scope("orders:read"))
+        .unwrap();
+    let app = Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route("/other", get(|| async { "other" }))
+        .layer(ScopeLayer::per_route(table))
+        .layer(ErrorEnvelopeLayer::new());
+    let send = |path: &str| {
+        let request = Request::get(path).header("x-request-id", path.trim_start_matches('/'));
+        let mut request = request.body(axum::body::Body::empty()).unwrap();
+        request.extensions_mut().insert(Principal::builder("alice").build());
+        runtime.block_on(app.clone().oneshot(request)).unwrap().status()
+    };
+    let (statuses, events) = capture_events(tracing::Level::TRACE, || {
+        metrics::with_local_recorder(&recorder, || (send("/health"), send("/other")))
+    });
+    assert_eq!(statuses, (StatusCode::OK, StatusCode::FORBIDDEN));
+    let snapshot = snapshot(&snapshotter);
+    let denied = "tower_shield_scope_denied_total";
+    assert_eq!(counter(&snapshot, denied, &[("outcome", "open")]), 0);
+    assert_eq!(counter(&snapshot, denied, &[("outcome", "unmapped")]), 1);
+    assert_eq!(span_of(&events, "health")["scope.outcome"], "open");
+    assert_eq!(span_of(&events, "other")["scope.outcome"], "unmapped");
+}
+
 #[test]
 fn backend_failures_fail_open_and_abuse_blocks_are_counted() {
     let recorder = DebuggingRecorder::new();

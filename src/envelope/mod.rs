@@ -44,7 +44,7 @@
 //! | `rate_limit.policy` | rate limit | the quota's name (the innermost limit layer that decided) |
 //! | `rate_limit.outcome` | rate limit | `allowed`, `rejected` (429), `error` (store failed closed) |
 //! | `abuse.outcome` | penalty box | `blocked` (a blocked client's request refused with 429) |
-//! | `scope.outcome` | scope | `allowed`, `forbidden`, `step_up`, `tenant_forbidden`, `not_found`, `unauthenticated`, `unmapped` |
+//! | `scope.outcome` | scope | `allowed`, `open` (an open route of a table), `forbidden`, `step_up`, `tenant_forbidden`, `not_found`, `unauthenticated`, `unmapped` |
 //! | `validation.outcome` | validate | `passed`, `rejected` |
 //! | `idempotency.outcome` | idempotency | `stored`, `replayed`, `conflict`, `mismatch`, `missing`, `invalid`, `anonymous`, `not_stored`, `fail_open`, `error` |
 //! | `error.code` | envelope | the rendered [`Error::code`](crate::Error::code), when the response is an error |
