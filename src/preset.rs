@@ -76,7 +76,8 @@
 //!
 //! With `router.layer(shield)` authentication runs before routing, so an unauthenticated
 //! request to an unknown path gets 401, not 404: route names are not revealed to anonymous
-//! callers.
+//! callers. With a scope table ([`ShieldBuilder::with_scopes`]) an authenticated caller gets
+//! 403 there too, as for any route the table does not list (deny by default).
 //!
 //! # Cost
 //!
