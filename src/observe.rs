@@ -46,6 +46,21 @@ impl RequestSpan {
     }
 }
 
+/// The route of a request, for logs and scope tables: axum's matched route template when
+/// known (`/orders/{id}`), else the path; never the query.
+#[cfg_attr(
+    not(any(feature = "rate-limit", feature = "scope", feature = "validate")),
+    allow(dead_code)
+)]
+pub(crate) fn route<'a>(extensions: &'a Extensions, uri: &'a http::Uri) -> &'a str {
+    #[cfg(feature = "axum")]
+    if let Some(matched) = extensions.get::<axum::extract::MatchedPath>() {
+        return matched.as_str();
+    }
+    let _ = extensions;
+    uri.path()
+}
+
 /// The request span, when there is one and a subscriber could record into it.
 #[inline]
 pub(crate) fn span(extensions: &Extensions) -> Option<&Span> {

@@ -165,7 +165,7 @@ impl Shared {
             event = "rate_limit.rejected",
             policy,
             key_kind = %self.kind,
-            route = route(parts),
+            route = crate::observe::route(&parts.extensions, &parts.uri),
             retry_after_ms = u64::try_from(decision.retry_after().as_millis()).unwrap_or(u64::MAX),
             "rate limit exceeded"
         );
@@ -263,15 +263,6 @@ fn decimal_len(n: u64) -> usize {
     n.checked_ilog10().map_or(1, |log| log as usize + 1)
 }
 
-/// The route template (axum's `MatchedPath`) when known, else the path; never the query.
-fn route(parts: &Parts) -> &str {
-    #[cfg(feature = "axum")]
-    if let Some(path) = parts.extensions.get::<axum::extract::MatchedPath>() {
-        return path.as_str();
-    }
-    parts.uri.path()
-}
-
 /// 429 without `Retry-After`: the request costs more than a quota's burst and can never pass.
 fn too_costly(shared: &Shared, limits: &Limits, parts: &Parts) -> Error {
     let policy = limits.quotas().first().map_or("", |q| q.name());
@@ -281,7 +272,7 @@ fn too_costly(shared: &Shared, limits: &Limits, parts: &Parts) -> Error {
         event = "rate_limit.rejected",
         policy,
         key_kind = %shared.kind,
-        route = route(parts),
+        route = crate::observe::route(&parts.extensions, &parts.uri),
         reason = "cost exceeds burst",
         "rate limit exceeded"
     );

@@ -163,7 +163,7 @@ where
 }
 
 fn log(policy: &str, decision: Decision, principal: &Principal, request: &Parts) {
-    let route = route(request);
+    let route = crate::observe::route(&request.extensions, &request.uri);
     crate::observe::scope(&request.extensions, decision.outcome());
     if decision == Decision::Allow {
         tracing::debug!(
@@ -188,14 +188,6 @@ fn log(policy: &str, decision: Decision, principal: &Principal, request: &Parts)
             "resource policy denied"
         );
     }
-}
-
-fn route(parts: &Parts) -> &str {
-    #[cfg(feature = "axum")]
-    if let Some(matched) = parts.extensions.get::<axum::extract::MatchedPath>() {
-        return matched.as_str();
-    }
-    parts.uri.path()
 }
 
 /// Runs a [`Policy`] before the inner service, on a resource derived from the request.
@@ -349,7 +341,7 @@ where
                 event = "scope.denied",
                 outcome = "unauthenticated",
                 policy = self.layer.policy.name(),
-                route = super::service::route(&super::service::Head::of(&request)),
+                route = crate::observe::route(request.extensions(), request.uri()),
                 "request denied"
             );
             let response = self.layer.unauthenticated.to_response();

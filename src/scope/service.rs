@@ -169,10 +169,6 @@ fn denied(
 }
 
 /// The route template (axum's `MatchedPath`) when known, else the path; never the query.
-pub(crate) fn route<'a>(head: &Head<'a>) -> &'a str {
-    #[cfg(feature = "axum")]
-    if let Some(matched) = head.extensions.get::<axum::extract::MatchedPath>() {
-        return matched.as_str();
-    }
-    head.uri.path()
+fn route<'a>(head: &Head<'a>) -> &'a str {
+    crate::observe::route(head.extensions, head.uri)
 }

@@ -8,7 +8,7 @@ use super::{
     json::{self, JsonRules},
     layer::DEFAULT_MAX_BODY_SIZE,
     media::MediaTypes,
-    service::{emit, route, violation_error},
+    service::{emit, violation_error},
     typed::{serde_detail, Check, Source},
     JsonBody, ViolationStatus,
 };
@@ -58,7 +58,7 @@ where
 
     async fn from_request(request: Request, _state: &S) -> Result<Self, Error> {
         let (parts, body) = request.into_parts();
-        let route = route(&parts).to_owned();
+        let route = crate::observe::route(&parts.extensions, &parts.uri).to_owned();
         let reject = |rule: &'static str, error: Error| {
             crate::observe::validation_rejected(&parts.extensions, rule);
             emit(&route, rule, &error);

@@ -58,7 +58,7 @@ impl Rejection {
     /// Emits `validate.rejected` and builds the response.
     pub(crate) fn into_response<B: Default>(self, parts: &Parts) -> Response<B> {
         crate::observe::validation_rejected(&parts.extensions, self.rule);
-        emit(route(parts), self.rule, &self.error);
+        emit(crate::observe::route(&parts.extensions, &parts.uri), self.rule, &self.error);
         self.error.to_response()
     }
 }
@@ -75,14 +75,6 @@ pub(crate) fn emit(route: &str, rule: &'static str, error: &Error) {
         status = error.status().as_u16(),
         "request rejected by validation"
     );
-}
-
-pub(crate) fn route(parts: &Parts) -> &str {
-    #[cfg(feature = "axum")]
-    if let Some(matched) = parts.extensions.get::<axum::extract::MatchedPath>() {
-        return matched.as_str();
-    }
-    parts.uri.path()
 }
 
 pub(crate) type ReadFuture =
