@@ -186,7 +186,7 @@
 //! # fn main() {}
 //! ```
 //!
-//! With tonic, the shield goes around the whole server and a scope per gRPC method inside it
+//! With tonic, the shield goes around the whole server, with a scope per gRPC method in it
 //! (`examples/grpc` is a complete service):
 //!
 //! ```no_run
@@ -204,17 +204,16 @@
 //!     .issuer("https://issuer.example")
 //!     .audience("health-api")
 //!     .build()?;
-//! let shield = Shield::builder().with_auth(AuthLayer::new(jwt)).build()?;
 //! // Methods not listed are denied (PERMISSION_DENIED).
 //! let scopes = ScopeLayer::per_method(
 //!     MethodRequirements::new()
 //!         .method("/grpc.health.v1.Health/Check", Requirement::scope("health:read"))?,
 //! );
+//! let shield = Shield::builder().with_auth(AuthLayer::new(jwt)).with_scopes(scopes).build()?;
 //! let (_, health) = tonic_health::server::health_reporter();
 //!
 //! tonic::transport::Server::builder()
 //!     .layer(shield) // feature `tonic-server`: the per-IP limit reads tonic's TcpConnectInfo
-//!     .layer(scopes)
 //!     .add_service(health)
 //!     .serve("127.0.0.1:50051".parse()?)
 //!     .await?;

@@ -171,16 +171,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .audience(&settings.audience)
         .build()?;
 
-    // The recommended outer stack: gRPC statuses for every rejection, a per-IP limit before any
-    // crypto, authentication, a per-caller limit. The peer address comes from tonic's
-    // `TcpConnectInfo` (feature `tonic-server`).
-    let limit = Quota::per_minute(settings.per_minute);
-    let shield = Shield::builder()
-        .with_auth(AuthLayer::new(jwt))
-        .with_ip_quota(limit.clone().named("per-ip"))
-        .with_principal_quota(limit.named("per-principal"))
-        .build()?;
-
     // A scope per method. A method nobody mapped (one added to the service later, or a path
     // that does not exist) is PERMISSION_DENIED, never served by default.
     let scopes = ScopeLayer::per_method(
@@ -188,6 +178,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .method(orders::LIST_ORDERS, Requirement::scope("orders:read"))?
             .method(orders::CREATE_ORDER, Requirement::scope("orders:write"))?,
     );
+
+    // The recommended stack: gRPC statuses for every rejection, a per-IP limit before any
+    // crypto, authentication, a per-caller limit, then the scopes. The peer address comes
+    // from tonic's `TcpConnectInfo` (feature `tonic-server`).
+    let limit = Quota::per_minute(settings.per_minute);
+    let shield = Shield::builder()
+        .with_auth(AuthLayer::new(jwt))
+        .with_ip_quota(limit.clone().named("per-ip"))
+        .with_principal_quota(limit.named("per-principal"))
+        .with_scopes(scopes)
+        .build()?;
 
     let listener = tokio::net::TcpListener::bind(settings.addr).await?;
     let addr = listener.local_addr()?;
@@ -205,7 +206,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     tonic::transport::Server::builder()
         .layer(shield)
-        .layer(scopes)
         .add_service(OrdersServer::new(OrderBook::default()))
         .serve_with_incoming(TcpIncoming::from(listener))
         .await?;
