@@ -632,15 +632,13 @@ impl Error {
     /// apply, an empty body, and this error in the extensions for the
     /// [envelope](crate::envelope) to render.
     pub fn to_response<B: Default>(&self) -> Response<B> {
-        self.clone().into_response(http::Extensions::new())
+        self.clone().into_response(Spent::default())
     }
 
-    /// [`Error::to_response`] for an error the caller no longer needs (no clone), in
-    /// `extensions` emptied: a rejecting layer passes the rejected request's, whose map is
-    /// already allocated, rather than have a new one allocated for this one entry.
-    pub(crate) fn into_response<B: Default>(self, mut extensions: http::Extensions) -> Response<B> {
-        let headers = rejection_headers(&extensions);
-        extensions.clear();
+    /// [`Error::to_response`] for an error the caller no longer needs (no clone), in the maps
+    /// of the rejected request (see [`Spent`]).
+    pub(crate) fn into_response<B: Default>(self, spent: Spent) -> Response<B> {
+        let (headers, mut extensions) = spent.into_maps();
         let mut response = Response::new(B::default());
         *response.status_mut() = self.status();
         *response.headers_mut() = headers;
@@ -747,21 +745,63 @@ impl Error {
     }
 }
 
-/// An empty header map for a rejection, sized for the headers it carries on its way out of
-/// the recommended stack, so that it is allocated once, not grown: `WWW-Authenticate` or
-/// `Retry-After`, `RateLimit-Policy`, `RateLimit`, the request id, `Content-Type` and
-/// `nosniff`, and inside an axum router (the request has a matched path) the `Content-Length`
-/// axum adds.
+/// The maps of a rejected request, handed to its rejection response, which reuses them
+/// emptied rather than allocating its own: the extension map (allocated as soon as the request
+/// carries anything, a request id or a peer address), and the header map when it has room for
+/// the rejection's headers (most clients send more headers than a rejection carries).
+///
+/// Emptied means every value dropped, credentials included; nothing of the request reaches
+/// the response.
+#[derive(Default)]
+pub(crate) struct Spent {
+    extensions: http::Extensions,
+    headers: http::HeaderMap,
+}
+
+impl Spent {
+    /// The maps of a request taken apart.
+    #[cfg(feature = "rate-limit")]
+    pub(crate) fn parts(parts: &mut http::request::Parts) -> Self {
+        let extensions = std::mem::take(&mut parts.extensions);
+        Self { extensions, headers: std::mem::take(&mut parts.headers) }
+    }
+
+    /// The maps of a request.
+    #[cfg(any(feature = "auth", feature = "scope"))]
+    pub(crate) fn request<B>(request: &mut http::Request<B>) -> Self {
+        let extensions = std::mem::take(request.extensions_mut());
+        Self { extensions, headers: std::mem::take(request.headers_mut()) }
+    }
+
+    /// The response's header and extension maps, empty.
+    pub(crate) fn into_maps(self) -> (http::HeaderMap, http::Extensions) {
+        let Self { mut extensions, mut headers } = self;
+        let wanted = rejection_header_count(&extensions);
+        let headers = if headers.capacity() >= wanted {
+            headers.clear();
+            headers
+        } else {
+            http::HeaderMap::with_capacity(wanted)
+        };
+        extensions.clear();
+        (headers, extensions)
+    }
+}
+
+/// How many header names a rejection carries on its way out of the recommended stack, for a
+/// map allocated once, not grown: `WWW-Authenticate` or `Retry-After`, `RateLimit-Policy`,
+/// `RateLimit`, the request id, `Content-Type` and `nosniff`, and inside an axum router (the
+/// request has a matched path) the `Content-Length` axum adds.
 ///
 /// Six names is the most a map holds in the block glibc's per-thread cache serves fastest;
 /// seven need the next size, which is why that size is only taken inside a router.
-pub(crate) fn rejection_headers(request: &http::Extensions) -> http::HeaderMap {
+fn rejection_header_count(request: &http::Extensions) -> usize {
     #[cfg(feature = "axum")]
     if request.get::<axum::extract::MatchedPath>().is_some() {
-        return http::HeaderMap::with_capacity(7);
+        return 7;
     }
     let _ = request;
-    http::HeaderMap::with_capacity(6)
+    6
 }
 
 /// Whether `serde_json` writes `s` as is between quotes: no `"`, `\\` or control character.
@@ -1017,6 +1057,40 @@ pub(crate) mod tests {
         assert_eq!(gone.grpc_code(), GrpcCode::InvalidArgument);
         let teapot = Error::from_status(StatusCode::from_u16(499).unwrap());
         assert_eq!(teapot.code(), "client_error");
+    }
+
+    /// A rejection takes the rejected request's maps, emptied: its extension map always, its
+    /// header map when it has room for the rejection's headers, and nothing of the request
+    /// reaches the response.
+    #[cfg(feature = "auth")]
+    #[test]
+    fn a_rejection_reuses_the_request_maps_emptied() {
+        let mut request = http::Request::new(());
+        for i in 0..10 {
+            let name = header::HeaderName::from_bytes(format!("x-sent-{i}").as_bytes()).unwrap();
+            request.headers_mut().insert(name, HeaderValue::from_static("secret"));
+        }
+        request.headers_mut().insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer s"));
+        request.extensions_mut().insert(42_u32);
+        let capacity = request.headers().capacity();
+        assert!(capacity > 6);
+
+        let error = Error::new(ErrorKind::InvalidToken)
+            .with_challenge(Challenge::bearer("api").with_error("invalid_token"));
+        let response: Response<()> = error.into_response(Spent::request(&mut request));
+        assert_eq!(response.headers().capacity(), capacity, "the request's map, reused");
+        let names: Vec<_> = response.headers().keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["www-authenticate"], "nothing of the request is left");
+        assert!(response.extensions().get::<u32>().is_none());
+        assert!(response.extensions().get::<Error>().is_some());
+
+        // A request with few headers: a map of the response's own, for six names.
+        let mut request = http::Request::new(());
+        request.headers_mut().insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        let response: Response<()> =
+            Error::new(ErrorKind::Forbidden).into_response(Spent::request(&mut request));
+        assert_eq!(response.headers().capacity(), 6);
+        assert!(response.headers().is_empty());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::{layer::Config, service::settle, BoxAuthFuture};
-use crate::principal::AuthMethod;
+use crate::{error::Spent, principal::AuthMethod};
 
 pin_project! {
     /// Response future of [`Auth`](super::Auth).
@@ -95,8 +95,8 @@ where
                         }
                         Err(error) => {
                             this.state.set(State::Rejected { response: None });
-                            let extensions = std::mem::take(request.extensions_mut());
-                            return Poll::Ready(Ok(error.into_response(extensions)));
+                            let spent = Spent::request(&mut request);
+                            return Poll::Ready(Ok(error.into_response(spent)));
                         }
                     }
                 }

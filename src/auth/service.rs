@@ -13,6 +13,7 @@ use super::{
     AuthRequest, Verdict,
 };
 use crate::{
+    error::Spent,
     principal::{AuthMethod, Principal},
     Error, ErrorKind,
 };
@@ -62,7 +63,7 @@ where
                 ResponseFuture::inner(self.inner.call(request))
             }
             Step::Reject(error) => {
-                ResponseFuture::rejected(error.into_response(mem::take(request.extensions_mut())))
+                ResponseFuture::rejected(error.into_response(Spent::request(&mut request)))
             }
             Step::Pending(future, method) => {
                 // The ready service goes into the future; a fresh clone stays here.

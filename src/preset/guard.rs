@@ -19,6 +19,7 @@ use tower_service::Service;
 use crate::scope::{self, ScopeLayer};
 use crate::{
     auth::{self, AuthLayer, BoxAuthFuture},
+    error::Spent,
     principal::AuthMethod,
     rate_limit::{
         self, Admission, ClientIp, Decision, Limits, MemoryStore, PrincipalKey, RateLimitLayer,
@@ -254,7 +255,7 @@ where
                         continue;
                     }
                     Admission::Refused(error) => {
-                        let mut response = error.into_response(mem::take(&mut parts.extensions));
+                        let mut response = error.into_response(Spent::parts(&mut parts));
                         config.write_headers(response.headers_mut(), decisions);
                         return Next::Answer(response);
                     }
@@ -376,7 +377,7 @@ impl<St> GuardConfig<St> {
             extensions: &parts.extensions,
         };
         let rejection = scope::decide(&scopes.config, &head)?;
-        let mut response = rejection.response(mem::take(&mut parts.extensions));
+        let mut response = rejection.response(Spent::parts(parts));
         self.write_headers(response.headers_mut(), decisions);
         Some(response)
     }
@@ -388,7 +389,7 @@ impl<St> GuardConfig<St> {
         parts: &mut Parts,
         decisions: &Decisions,
     ) -> Response<B> {
-        let mut response = error.into_response(mem::take(&mut parts.extensions));
+        let mut response = error.into_response(Spent::parts(parts));
         self.write_headers(response.headers_mut(), decisions);
         response
     }

@@ -2,7 +2,7 @@
 //! and the store's answer before the call ([`RateLimitLayer::admit`], [`Shared::settle`]), the
 //! headers after it. Shared by [`RateLimit`](super::RateLimit) and the preset's guard.
 
-use std::{any::Any, mem};
+use std::any::Any;
 
 use http::{request::Parts, HeaderMap, HeaderName, HeaderValue, Response};
 
@@ -16,7 +16,7 @@ use super::{
     store::Store,
     RateLimitLayer,
 };
-use crate::{Error, ErrorKind};
+use crate::{error::Spent, Error, ErrorKind};
 
 // Constants, not statics: a header map takes a constant name as it is, where a static one
 // would be cloned, through its bytes' vtable, for every response.
@@ -137,7 +137,7 @@ impl Shared {
             Err(error) => {
                 let policy = limits.quotas().first().map_or("", |q| q.name());
                 crate::observe::rate_limit(&parts.extensions, policy, &self.kind, "error");
-                Err(error.into_response(mem::take(&mut parts.extensions)))
+                Err(error.into_response(Spent::parts(parts)))
             }
             Ok(decision) if !decision.is_allowed() => Err(self.reject(limits, &decision, parts)),
             Ok(decision) => {
@@ -172,7 +172,7 @@ impl Shared {
         let mut response = Error::new(ErrorKind::RateLimited)
             .with_reason("rate-limit quota exhausted")
             .with_retry_after(decision.retry_after())
-            .into_response(mem::take(&mut parts.extensions));
+            .into_response(Spent::parts(parts));
         self.write_headers(response.headers_mut(), limits, decision);
         response
     }

@@ -14,6 +14,7 @@ use super::{
     store::Store,
     RateLimitLayer,
 };
+use crate::error::Spent;
 
 /// Applies quotas per key and answers 429 when one is exhausted.
 ///
@@ -69,7 +70,7 @@ where
                 ResponseFuture::passthrough(self.inner.call(Request::from_parts(parts, body)))
             }
             Admission::Refused(error) => {
-                ResponseFuture::rejected(error.into_response(mem::take(&mut parts.extensions)))
+                ResponseFuture::rejected(error.into_response(Spent::parts(&mut parts)))
             }
             // Decided at once (in memory): the ready inner service is called right here.
             Admission::Checked(check, Verdict::Now(outcome)) => {

@@ -6,7 +6,7 @@ use tower_layer::Layer;
 use super::{requirement::Requirement, Scope};
 use crate::{
     clock::{Clock, SystemClock},
-    error::{Challenge, ConfigError},
+    error::{Challenge, ConfigError, Spent},
     Error, ErrorKind,
 };
 
@@ -101,10 +101,9 @@ impl Rejection {
     }
 
     /// The same response as [`Error::to_response`], without rendering the challenge again, in
-    /// the rejected request's `extensions`, emptied (their map is already allocated).
-    pub(crate) fn response<B: Default>(&self, mut extensions: http::Extensions) -> Response<B> {
-        let headers = crate::error::rejection_headers(&extensions);
-        extensions.clear();
+    /// the maps of the rejected request.
+    pub(crate) fn response<B: Default>(&self, spent: Spent) -> Response<B> {
+        let (headers, mut extensions) = spent.into_maps();
         extensions.insert(self.error.clone());
         let mut response = Response::new(B::default());
         *response.status_mut() = self.error.status();

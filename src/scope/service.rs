@@ -12,7 +12,7 @@ use super::{
     requirement::{Facts, Verdict},
     Requirement, ScopeLayer,
 };
-use crate::principal::Principal;
+use crate::{error::Spent, principal::Principal};
 
 /// Lets a request through only when its [`Principal`] meets a [`Requirement`].
 ///
@@ -54,9 +54,9 @@ where
         let head = Head::of(&request);
         match decide(&self.config, &head) {
             None => ResponseFuture::future(self.inner.call(request)),
-            Some(rejection) => ResponseFuture::rejected(
-                rejection.response(std::mem::take(request.extensions_mut())),
-            ),
+            Some(rejection) => {
+                ResponseFuture::rejected(rejection.response(Spent::request(&mut request)))
+            }
         }
     }
 }
