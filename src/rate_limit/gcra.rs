@@ -5,13 +5,15 @@ use std::time::Duration;
 use super::quota::Limits;
 
 /// What a store decided for one request.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Decision {
-    allowed: bool,
-    quota: usize,
     remaining: u64,
-    reset: Duration,
-    retry_after: Duration,
+    /// `reset` and `retry_after` in nanoseconds (584 years at most): a decision is kept in a
+    /// response future until the response, and a smaller future is cheaper to move.
+    reset: u64,
+    retry_after: u64,
+    quota: u32,
+    allowed: bool,
 }
 
 impl Decision {
@@ -24,7 +26,14 @@ impl Decision {
         reset: Duration,
         retry_after: Duration,
     ) -> Self {
-        Self { allowed, quota, remaining, reset, retry_after }
+        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        Self {
+            remaining,
+            reset: nanos(reset),
+            retry_after: nanos(retry_after),
+            quota: u32::try_from(quota).unwrap_or(u32::MAX),
+            allowed,
+        }
     }
 
     /// Whether the request fits in every quota.
@@ -35,7 +44,7 @@ impl Decision {
     /// The index of the most restrictive quota: the one whose wait is longest when rejected,
     /// or the one with the fewest remaining units when accepted.
     pub fn quota_index(&self) -> usize {
-        self.quota
+        self.quota as usize
     }
 
     /// Units left in that quota, after this request if it was charged.
@@ -45,12 +54,24 @@ impl Decision {
 
     /// Time until that quota is whole again (the `t` of the `RateLimit` header).
     pub fn reset(&self) -> Duration {
-        self.reset
+        Duration::from_nanos(self.reset)
     }
 
     /// When rejected: how long until the same request would pass. Zero when allowed.
     pub fn retry_after(&self) -> Duration {
-        self.retry_after
+        Duration::from_nanos(self.retry_after)
+    }
+}
+
+impl std::fmt::Debug for Decision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decision")
+            .field("allowed", &self.allowed)
+            .field("quota", &self.quota)
+            .field("remaining", &self.remaining)
+            .field("reset", &self.reset())
+            .field("retry_after", &self.retry_after())
+            .finish()
     }
 }
 
@@ -190,4 +211,28 @@ pub(crate) fn summarize(
         Duration::from_nanos(reset),
         Duration::from_nanos(wait),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::Decision;
+
+    #[test]
+    fn a_decision_keeps_its_durations_to_the_nanosecond() {
+        let decision = Decision::new(false, 2, 7, Duration::new(3, 5), Duration::from_nanos(1));
+        assert_eq!(decision.reset(), Duration::new(3, 5));
+        assert_eq!(decision.retry_after(), Duration::from_nanos(1));
+        assert_eq!((decision.quota_index(), decision.remaining()), (2, 7));
+        assert!(!decision.is_allowed());
+        // Beyond 584 years a wait saturates; no decision of a quota comes near.
+        let far = Decision::new(false, 0, 0, Duration::MAX, Duration::MAX);
+        assert_eq!(far.retry_after(), Duration::from_nanos(u64::MAX));
+        assert_eq!(
+            format!("{decision:?}"),
+            "Decision { allowed: false, quota: 2, remaining: 7, reset: 3.000000005s, \
+             retry_after: 1ns }"
+        );
+    }
 }
