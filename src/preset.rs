@@ -83,7 +83,7 @@
 //!
 //! With the default features, the shield with its scope table adds about 1.1 to 1.3 µs to an
 //! accepted request over bare axum (which takes about 1 µs in process on the same machine),
-//! 2.6 times less than tower_governor + jwt-authorizer; figures and commands in
+//! about 2.5 times less than tower_governor + jwt-authorizer; figures and commands in
 //! `BENCHMARKS.md`. Three choices change that:
 //!
 //! - Each `Router::layer` or `route_layer` makes axum box and clone the layered route on
