@@ -748,7 +748,7 @@ impl Error {
 /// The maps of a rejected request, handed to its rejection response, which reuses them
 /// emptied rather than allocating its own: the extension map (allocated as soon as the request
 /// carries anything, a request id or a peer address), and the header map when it has room for
-/// the rejection's headers (most clients send more headers than a rejection carries).
+/// the rejection's headers (a browser sends more headers than a rejection carries).
 ///
 /// Emptied means every value dropped, credentials included; nothing of the request reaches
 /// the response.
