@@ -611,3 +611,102 @@ async fn both_limits_share_one_line_per_header() {
     assert_eq!(lines("ratelimit-policy"), [r#""per-ip";q=600;w=60"#]);
     assert_eq!(lines("ratelimit"), [r#""per-ip";r=598;t=1"#]);
 }
+
+/// Random request sequences through a [`Shield`] and through the stacked layers it stands for,
+/// with the clocks advanced between requests: every answer is the same.
+mod equivalence {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// One step: a peer, a credential (none, forged, one of two callers), a path (a route for
+    /// any caller, a public one, one for a role nobody has) and seconds to wait before it.
+    fn steps() -> impl Strategy<Value = Vec<(usize, usize, usize, u64)>> {
+        prop::collection::vec((0..3usize, 0..4usize, 0..3usize, 0..25u64), 1..40)
+    }
+
+    async fn answers<S, B>(
+        service: S,
+        clock: &FakeClock,
+        steps: &[(usize, usize, usize, u64)],
+    ) -> Vec<Seen>
+    where
+        S: tower::Service<Request<Body>, Response = Response<B>, Error = Infallible> + Clone,
+        B: http_body::Body<Data = Bytes>,
+        B::Error: std::fmt::Debug,
+    {
+        let peers = [[203, 0, 113, 7], [198, 51, 100, 1], [192, 0, 2, 9]];
+        let tokens = [None, Some("forged"), Some("user-alice"), Some("user-bob")];
+        let paths = ["/orders", "/health", "/admin"];
+        let mut seen_all = Vec::new();
+        for &(peer, token, path, wait) in steps {
+            clock.advance(Duration::from_secs(wait));
+            let request = request(paths[path], peers[peer], tokens[token]);
+            let response = service.clone().oneshot(request).await.unwrap();
+            seen_all.push(seen(response).await);
+        }
+        seen_all
+    }
+
+    async fn compare<St: crate::rate_limit::Store + Clone + std::fmt::Debug>(
+        steps: &[(usize, usize, usize, u64)],
+        later: bool,
+        scopes: bool,
+        store: impl Fn(&FakeClock) -> St,
+    ) {
+        let auth = || {
+            let auth = if later {
+                AuthLayer::new(Later::default())
+            } else {
+                AuthLayer::new(Counting::default())
+            };
+            auth.add_public(Method::GET, "/health").unwrap()
+        };
+        let (ip_quota, principal_quota) = (Quota::per_minute(nz(4)), Quota::per_minute(nz(2)));
+        let (a, b) = (FakeClock::new(), FakeClock::new());
+        let shield = Shield::builder()
+            .with_auth(auth())
+            .with_ip_quota(ip_quota.clone())
+            .with_principal_quota(principal_quota.clone())
+            .with_store(store(&a));
+        let shield = if scopes { shield.with_scopes(routes(false)) } else { shield };
+        let shield = shield.build().unwrap();
+        let by_hand = ServiceBuilder::new()
+            .layer(ErrorEnvelopeLayer::new())
+            .layer(
+                RateLimitLayer::new(ClientIp::new(), ip_quota.named("per-ip"))
+                    .with_store(store(&b)),
+            )
+            .layer(auth())
+            .layer(
+                RateLimitLayer::new(PrincipalKey, principal_quota.named("per-principal"))
+                    .on_missing_key(MissingKey::Skip)
+                    .with_store(store(&b)),
+            )
+            .option_layer(scopes.then(|| routes(true)));
+        let guarded = answers(shield.layer(service_fn(handler)), &a, steps).await;
+        let stacked = answers(by_hand.service(service_fn(handler)), &b, steps).await;
+        assert_eq!(guarded, stacked, "{steps:?}");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        #[test]
+        fn the_guard_matches_the_stacked_layers(
+            steps in steps(),
+            later in any::<bool>(),
+            scopes in any::<bool>(),
+            deferred in any::<bool>(),
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                if deferred {
+                    compare(&steps, later, scopes, |c| Deferred(MemoryStore::new().with_clock(c.clone()))).await;
+                } else {
+                    compare(&steps, later, scopes, |c| MemoryStore::new().with_clock(c.clone())).await;
+                }
+            });
+        }
+    }
+}
