@@ -769,3 +769,49 @@ async fn policy_layer_allow_deny_not_found() {
     let response = realm.oneshot(get("/orders/1")).await.unwrap();
     assert_eq!(challenge(&response), Some(r#"Bearer realm="shop""#));
 }
+
+/// Any route table finds each entry by method and route, `HEAD` by `GET` when it has no entry
+/// of its own, and nothing else.
+mod route_table {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::scope::layer::Lookup;
+
+    const METHODS: [http::Method; 5] = [
+        http::Method::GET,
+        http::Method::HEAD,
+        http::Method::POST,
+        http::Method::DELETE,
+        http::Method::PATCH,
+    ];
+    const ROUTES: [&str; 6] = ["/", "/a", "/a/{id}", "/a/{id}/b", "/b", "/b/{*rest}"];
+
+    proptest! {
+        #[test]
+        fn lookups_find_exactly_the_listed_routes(
+            entries in prop::collection::btree_map((0..5usize, 0..6usize), any::<bool>(), 0..20),
+        ) {
+            let mut table = RouteRequirements::new();
+            for (&(m, r), &open) in &entries {
+                table = if open {
+                    table.open(METHODS[m].clone(), ROUTES[r]).unwrap()
+                } else {
+                    table.route(METHODS[m].clone(), ROUTES[r], Requirement::authenticated()).unwrap()
+                };
+            }
+            let layer = ScopeLayer::per_route(table);
+            for (m, method) in METHODS.iter().enumerate() {
+                for (r, route) in ROUTES.iter().enumerate() {
+                    let own = entries.get(&(m, r));
+                    let get = (*method == http::Method::HEAD).then(|| entries.get(&(0, r))).flatten();
+                    let found = layer.config.lookup(method, route, route);
+                    match (own.or(get), found) {
+                        (Some(true), Lookup::Open) | (Some(false), Lookup::Guarded(_)) | (None, Lookup::Unmapped) => {}
+                        (want, _) => prop_assert!(false, "{method} {route}: wanted {want:?}"),
+                    }
+                }
+            }
+        }
+    }
+}
