@@ -475,40 +475,45 @@ impl crate::rate_limit::Store for Deferred {
     }
 }
 
+/// A request of a comparison: path, peer, credential, and seconds to wait before it.
+type Step<'a> = (&'a str, [u8; 4], Option<&'a str>, u64);
+
 /// The requests of [`the_guard_answers_as_the_stacked_layers_do`], in order.
-const SCRIPT: [(&str, [u8; 4], Option<&str>); 12] = [
-    ("/orders", [203, 0, 113, 7], Some("user-alice")),
-    ("/health", [203, 0, 113, 7], None),
-    ("/orders", [203, 0, 113, 7], Some("user-alice")),
+const SCRIPT: [Step<'static>; 12] = [
+    ("/orders", [203, 0, 113, 7], Some("user-alice"), 0),
+    ("/health", [203, 0, 113, 7], None, 0),
+    ("/orders", [203, 0, 113, 7], Some("user-alice"), 0),
     // The per-principal quota is spent: a 429 with both limits' items.
-    ("/orders", [203, 0, 113, 7], Some("user-alice")),
-    ("/orders", [198, 51, 100, 1], Some("forged")),
-    ("/orders", [198, 51, 100, 1], None),
-    ("/orders", [198, 51, 100, 1], Some("user-bob")),
+    ("/orders", [203, 0, 113, 7], Some("user-alice"), 0),
+    ("/orders", [198, 51, 100, 1], Some("forged"), 0),
+    ("/orders", [198, 51, 100, 1], None, 0),
+    ("/orders", [198, 51, 100, 1], Some("user-bob"), 0),
     // The per-IP quota of the first address is spent before any credential is read.
-    ("/orders", [203, 0, 113, 7], Some("user-carol")),
-    ("/health", [203, 0, 113, 7], None),
+    ("/orders", [203, 0, 113, 7], Some("user-carol"), 0),
+    ("/health", [203, 0, 113, 7], None, 0),
     // With scopes: a role nobody has, and a route not in the table.
-    ("/admin", [192, 0, 2, 9], Some("user-dave")),
-    ("/other", [192, 0, 2, 9], Some("user-dave")),
-    ("/other", [192, 0, 2, 9], None),
+    ("/admin", [192, 0, 2, 9], Some("user-dave"), 0),
+    ("/other", [192, 0, 2, 9], Some("user-dave"), 0),
+    ("/other", [192, 0, 2, 9], None, 0),
 ];
 
-async fn run_script<S, B>(service: S) -> Vec<Seen>
+/// The answers of `service` to `steps`, `clock` advanced before each.
+async fn answers<S, B>(service: S, clock: &FakeClock, steps: &[Step<'_>]) -> Vec<Seen>
 where
     S: tower::Service<Request<Body>, Response = Response<B>, Error = Infallible> + Clone,
     B: http_body::Body<Data = Bytes>,
     B::Error: std::fmt::Debug,
 {
     let mut answers = Vec::new();
-    for (path, peer, token) in SCRIPT {
+    for &(path, peer, token, wait) in steps {
+        clock.advance(Duration::from_secs(wait));
         let response = service.clone().oneshot(request(path, peer, token)).await.unwrap();
         answers.push(seen(response).await);
     }
     answers
 }
 
-/// The route table of the script: `/orders` for any principal, `/admin` for a role nobody
+/// The route table of the comparisons: `/orders` for any principal, `/admin` for a role nobody
 /// has; the stacked layers also open the public `/health`, which the shield skips by itself.
 fn routes(open_health: bool) -> crate::scope::ScopeLayer {
     use crate::scope::{Requirement, RouteRequirements, ScopeLayer};
@@ -521,24 +526,36 @@ fn routes(open_health: bool) -> crate::scope::ScopeLayer {
     ScopeLayer::per_route(table)
 }
 
-/// The script through a [`Shield`] on `guarded` and through the layers it stands for, stacked
-/// by hand, on `stacked`; with a route table of scopes when `scopes`.
+/// `steps` through a [`Shield`] and through the layers it stands for, stacked by hand, each on
+/// its own store from `store` and its own clock: the answers of both, in order. The
+/// authenticator answers later when `later`; a route table of scopes applies when `scopes`.
 async fn guarded_and_stacked<St>(
-    auth: &dyn Fn() -> AuthLayer,
-    guarded: St,
-    stacked: St,
+    steps: &[Step<'_>],
+    later: bool,
     scopes: bool,
-) where
+    store: impl Fn(&FakeClock) -> St,
+) -> (Vec<Seen>, Vec<Seen>)
+where
     St: crate::rate_limit::Store + Clone + std::fmt::Debug,
 {
+    let auth = || {
+        let auth = if later {
+            AuthLayer::new(Later::default())
+        } else {
+            AuthLayer::new(Counting::default())
+        };
+        auth.add_public(Method::GET, "/health").unwrap()
+    };
     let (ip_quota, principal_quota) = (Quota::per_minute(nz(4)), Quota::per_minute(nz(2)));
+    let (a, b) = (FakeClock::new(), FakeClock::new());
     let shield = Shield::builder()
         .with_auth(auth())
         .with_ip_quota(ip_quota.clone())
         .with_principal_quota(principal_quota.clone())
-        .with_store(guarded);
+        .with_store(store(&a));
     let shield = if scopes { shield.with_scopes(routes(false)) } else { shield };
     let shield = shield.build().unwrap();
+    let stacked = store(&b);
     let by_hand = ServiceBuilder::new()
         .layer(ErrorEnvelopeLayer::new())
         .layer(
@@ -552,21 +569,9 @@ async fn guarded_and_stacked<St>(
                 .with_store(stacked),
         )
         .option_layer(scopes.then(|| routes(true)));
-    let guarded = run_script(shield.layer(service_fn(handler))).await;
-    let stacked = run_script(by_hand.service(service_fn(handler))).await;
-    assert_eq!(guarded, stacked);
-    // The script reaches every answer.
-    let statuses: Vec<_> = guarded.iter().map(|seen| seen.status.as_u16()).collect();
-    let tail: &[u16] = if scopes { &[403, 403, 401] } else { &[200, 200, 401] };
-    assert_eq!(statuses[..9], [200, 200, 200, 429, 401, 401, 200, 429, 429]);
-    assert_eq!(statuses[9..], *tail);
-    assert_eq!(guarded[3].policies, [r#""per-principal";q=2;w=60"#, r#""per-ip";q=4;w=60"#]);
-    assert!(guarded[3].limits[0].starts_with(r#""per-principal";r=0;t="#));
-    assert!(guarded[4].challenge.as_deref().is_some_and(|c| c.contains("invalid_token")));
-    if scopes {
-        assert_eq!(guarded[9].code.as_deref(), Some("forbidden"));
-        assert_eq!(guarded[9].policies.len(), 2, "a 403 carries both limits' items");
-    }
+    let guarded = answers(shield.layer(service_fn(handler)), &a, steps).await;
+    let stacked = answers(by_hand.service(service_fn(handler)), &b, steps).await;
+    (guarded, stacked)
 }
 
 /// The same requests through a [`Shield`] and through the layers it stands for: a client sees
@@ -574,19 +579,27 @@ async fn guarded_and_stacked<St>(
 /// answer at once or later (as Redis and a JWKS fetch do), with or without a scope table.
 #[tokio::test]
 async fn the_guard_answers_as_the_stacked_layers_do() {
-    for later in [false, true] {
-        let auth = move || {
-            let auth = if later {
-                AuthLayer::new(Later::default())
-            } else {
-                AuthLayer::new(Counting::default())
-            };
-            auth.add_public(Method::GET, "/health").unwrap()
+    for (later, scopes, deferred) in
+        (0..8).map(|i| (i & 1 != 0, i & 2 != 0, i & 4 != 0)).collect::<Vec<_>>()
+    {
+        let memory = |clock: &FakeClock| MemoryStore::new().with_clock(clock.clone());
+        let (guarded, stacked) = if deferred {
+            guarded_and_stacked(&SCRIPT, later, scopes, |c| Deferred(memory(c))).await
+        } else {
+            guarded_and_stacked(&SCRIPT, later, scopes, memory).await
         };
-        let store = || MemoryStore::new().with_clock(FakeClock::new());
-        for scopes in [false, true] {
-            guarded_and_stacked(&auth, store(), store(), scopes).await;
-            guarded_and_stacked(&auth, Deferred(store()), Deferred(store()), scopes).await;
+        assert_eq!(guarded, stacked, "later {later}, scopes {scopes}, deferred {deferred}");
+        // The script reaches every answer.
+        let statuses: Vec<_> = guarded.iter().map(|seen| seen.status.as_u16()).collect();
+        let tail: &[u16] = if scopes { &[403, 403, 401] } else { &[200, 200, 401] };
+        assert_eq!(statuses[..9], [200, 200, 200, 429, 401, 401, 200, 429, 429]);
+        assert_eq!(statuses[9..], *tail);
+        assert_eq!(guarded[3].policies, [r#""per-principal";q=2;w=60"#, r#""per-ip";q=4;w=60"#]);
+        assert!(guarded[3].limits[0].starts_with(r#""per-principal";r=0;t="#));
+        assert!(guarded[4].challenge.as_deref().is_some_and(|c| c.contains("invalid_token")));
+        if scopes {
+            assert_eq!(guarded[9].code.as_deref(), Some("forbidden"));
+            assert_eq!(guarded[9].policies.len(), 2, "a 403 carries both limits' items");
         }
     }
 }
@@ -619,74 +632,15 @@ mod equivalence {
 
     use super::*;
 
-    /// One step: a peer, a credential (none, forged, one of two callers), a path (a route for
-    /// any caller, a public one, one for a role nobody has) and seconds to wait before it.
-    fn steps() -> impl Strategy<Value = Vec<(usize, usize, usize, u64)>> {
-        prop::collection::vec((0..3usize, 0..4usize, 0..3usize, 0..25u64), 1..40)
-    }
-
-    async fn answers<S, B>(
-        service: S,
-        clock: &FakeClock,
-        steps: &[(usize, usize, usize, u64)],
-    ) -> Vec<Seen>
-    where
-        S: tower::Service<Request<Body>, Response = Response<B>, Error = Infallible> + Clone,
-        B: http_body::Body<Data = Bytes>,
-        B::Error: std::fmt::Debug,
-    {
-        let peers = [[203, 0, 113, 7], [198, 51, 100, 1], [192, 0, 2, 9]];
-        let tokens = [None, Some("forged"), Some("user-alice"), Some("user-bob")];
-        let paths = ["/orders", "/health", "/admin"];
-        let mut seen_all = Vec::new();
-        for &(peer, token, path, wait) in steps {
-            clock.advance(Duration::from_secs(wait));
-            let request = request(paths[path], peers[peer], tokens[token]);
-            let response = service.clone().oneshot(request).await.unwrap();
-            seen_all.push(seen(response).await);
-        }
-        seen_all
-    }
-
-    async fn compare<St: crate::rate_limit::Store + Clone + std::fmt::Debug>(
-        steps: &[(usize, usize, usize, u64)],
-        later: bool,
-        scopes: bool,
-        store: impl Fn(&FakeClock) -> St,
-    ) {
-        let auth = || {
-            let auth = if later {
-                AuthLayer::new(Later::default())
-            } else {
-                AuthLayer::new(Counting::default())
-            };
-            auth.add_public(Method::GET, "/health").unwrap()
-        };
-        let (ip_quota, principal_quota) = (Quota::per_minute(nz(4)), Quota::per_minute(nz(2)));
-        let (a, b) = (FakeClock::new(), FakeClock::new());
-        let shield = Shield::builder()
-            .with_auth(auth())
-            .with_ip_quota(ip_quota.clone())
-            .with_principal_quota(principal_quota.clone())
-            .with_store(store(&a));
-        let shield = if scopes { shield.with_scopes(routes(false)) } else { shield };
-        let shield = shield.build().unwrap();
-        let by_hand = ServiceBuilder::new()
-            .layer(ErrorEnvelopeLayer::new())
-            .layer(
-                RateLimitLayer::new(ClientIp::new(), ip_quota.named("per-ip"))
-                    .with_store(store(&b)),
-            )
-            .layer(auth())
-            .layer(
-                RateLimitLayer::new(PrincipalKey, principal_quota.named("per-principal"))
-                    .on_missing_key(MissingKey::Skip)
-                    .with_store(store(&b)),
-            )
-            .option_layer(scopes.then(|| routes(true)));
-        let guarded = answers(shield.layer(service_fn(handler)), &a, steps).await;
-        let stacked = answers(by_hand.service(service_fn(handler)), &b, steps).await;
-        assert_eq!(guarded, stacked, "{steps:?}");
+    /// Steps from a peer, a credential (none, forged, one of two callers), a path (a route for
+    /// any caller, a public one, one for a role nobody has) and seconds to wait before each.
+    fn steps() -> impl Strategy<Value = Vec<Step<'static>>> {
+        let peer = prop::sample::select(vec![[203, 0, 113, 7], [198, 51, 100, 1], [192, 0, 2, 9]]);
+        let token =
+            prop::sample::select(vec![None, Some("forged"), Some("user-alice"), Some("user-bob")]);
+        let path = prop::sample::select(vec!["/orders", "/health", "/admin"]);
+        let step = (path, peer, token, 0..25u64);
+        prop::collection::vec(step, 1..40)
     }
 
     proptest! {
@@ -700,13 +654,15 @@ mod equivalence {
             deferred in any::<bool>(),
         ) {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async {
+            let memory = |clock: &FakeClock| MemoryStore::new().with_clock(clock.clone());
+            let (guarded, stacked) = runtime.block_on(async {
                 if deferred {
-                    compare(&steps, later, scopes, |c| Deferred(MemoryStore::new().with_clock(c.clone()))).await;
+                    guarded_and_stacked(&steps, later, scopes, |c| Deferred(memory(c))).await
                 } else {
-                    compare(&steps, later, scopes, |c| MemoryStore::new().with_clock(c.clone())).await;
+                    guarded_and_stacked(&steps, later, scopes, memory).await
                 }
             });
+            prop_assert_eq!(guarded, stacked);
         }
     }
 }
