@@ -666,3 +666,30 @@ mod equivalence {
         }
     }
 }
+
+/// Without a pair of standard headers to share (a limit without headers, or with the legacy
+/// ones), each limit writes its own lines, as the stacked layers do.
+#[tokio::test]
+async fn limits_that_cannot_share_a_line_write_their_own() {
+    let (auth, _) = counting();
+    let ip = RateLimitLayer::new(ClientIp::new(), Quota::per_minute(nz(5)).named("per-ip"))
+        .legacy_headers();
+    let principal =
+        RateLimitLayer::new(PrincipalKey, Quota::per_minute(nz(3)).named("per-principal"))
+            .on_missing_key(MissingKey::Skip)
+            .no_headers();
+    let config = GuardConfig::new(
+        ip,
+        auth,
+        principal,
+        #[cfg(feature = "scope")]
+        None,
+    );
+    let service = Guard::new(service_fn(handler), Arc::new(config));
+    let response = service.oneshot(request("/orders", [203, 0, 113, 7], Some("user-a"))).await;
+    let response = response.unwrap();
+    let lines = |name| response.headers().get_all(name).iter().collect::<Vec<_>>();
+    assert_eq!(lines("ratelimit-policy"), [r#""per-ip";q=5;w=60"#]);
+    assert_eq!(lines("ratelimit"), [r#""per-ip";r=4;t=12"#]);
+    assert_eq!(lines("x-ratelimit-remaining"), ["4"]);
+}
