@@ -114,8 +114,9 @@ pub(crate) fn benches(c: &mut Criterion) {
 /// every path alike: `ROUNDS` rounds, each timing `BATCH` requests of every path back to back.
 /// Returns `(name, median per-round ratio, limit)` rows: the accepted path's overhead over
 /// bare axum (in µs, limit 2), the asymmetric algorithms against HS256 (limit 1.3) and each
-/// rejection against the accepted request (limit 1).
-pub(crate) fn interleaved() -> Vec<(String, f64, f64)> {
+/// rejection against the accepted request (limit 1); and bare axum's median time per request
+/// (µs), which tells a slow spell of the machine from a slow stack.
+pub(crate) fn interleaved() -> (Vec<(String, f64, f64)>, f64) {
     const ROUNDS: usize = 40;
     const BATCH: u32 = 1_000;
     let rt = runtime();
@@ -167,6 +168,7 @@ pub(crate) fn interleaved() -> Vec<(String, f64, f64)> {
         median((0..ROUNDS).map(|r| f(times[a][r], times[b][r])).collect())
     };
     let (bare, hs) = (0, 1);
+    let bare_us = median(times[bare].clone()) / 1000.0;
     let mut rows = vec![(
         "preset hs256 warm - bare, µs".to_owned(),
         per_round(hs, &|h, b| (h - b) / 1000.0, bare),
@@ -189,5 +191,5 @@ pub(crate) fn interleaved() -> Vec<(String, f64, f64)> {
         per_round(forged, &|x, c| x / c, cold),
         1.0,
     ));
-    rows
+    (rows, bare_us)
 }
