@@ -114,12 +114,16 @@ fn message(kind: &ValidationErrorKind) -> String {
         K::Minimum { limit } => format!("must be at least {limit}"),
         K::ExclusiveMaximum { limit } => format!("must be less than {limit}"),
         K::ExclusiveMinimum { limit } => format!("must be greater than {limit}"),
-        K::MaxLength { limit } => format!("must be at most {limit} characters long"),
-        K::MinLength { limit } => format!("must be at least {limit} characters long"),
-        K::MaxItems { limit } => format!("must have at most {limit} items"),
-        K::MinItems { limit } => format!("must have at least {limit} items"),
-        K::MaxProperties { limit } => format!("must have at most {limit} properties"),
-        K::MinProperties { limit } => format!("must have at least {limit} properties"),
+        K::MaxLength { limit } => format!("must be at most {} long", count(*limit, "character")),
+        K::MinLength { limit } => format!("must be at least {} long", count(*limit, "character")),
+        K::MaxItems { limit } => format!("must have at most {}", count(*limit, "item")),
+        K::MinItems { limit } => format!("must have at least {}", count(*limit, "item")),
+        K::MaxProperties { limit } => {
+            format!("must have at most {}", count(*limit, "property"))
+        }
+        K::MinProperties { limit } => {
+            format!("must have at least {}", count(*limit, "property"))
+        }
         K::MultipleOf { multiple_of } => format!("must be a multiple of {multiple_of}"),
         K::Format { format } if format.len() <= 32 => format!("must be a valid {format}"),
         K::Enum { .. } => "must be one of the allowed values".to_owned(),
@@ -138,6 +142,15 @@ fn message(kind: &ValidationErrorKind) -> String {
             "has items that are not allowed".to_owned()
         }
         _ => "is invalid".to_owned(),
+    }
+}
+
+/// `1 character`, `2 characters`; `1 property`, `0 properties`.
+fn count(n: u64, noun: &str) -> String {
+    match (n, noun.strip_suffix('y')) {
+        (1, _) => format!("1 {noun}"),
+        (_, Some(stem)) => format!("{n} {stem}ies"),
+        (_, None) => format!("{n} {noun}s"),
     }
 }
 
@@ -194,6 +207,32 @@ mod tests {
         assert!(!rendered.contains("MARKER"), "{rendered}");
         assert!(!rendered.contains("99999"), "{rendered}");
         assert!(schema.violations(&json!({"item": 1, "quantity": 1}), 20).is_empty());
+    }
+
+    #[test]
+    fn counted_limits_read_as_english() {
+        let schema = Schema::compile(&json!({
+            "type": "object",
+            "properties": {
+                "one": {"type": "string", "minLength": 1},
+                "two": {"type": "string", "maxLength": 2},
+                "list": {"type": "array", "minItems": 1},
+                "map": {"type": "object", "maxProperties": 1},
+                "none": {"type": "object", "minProperties": 3}
+            }
+        }))
+        .unwrap();
+        let instance =
+            json!({"one": "", "two": "abc", "list": [], "map": {"a": 1, "b": 2}, "none": {}});
+        let details = schema.violations(&instance, 20);
+        let message = |field: &str| {
+            details.iter().find(|d| d.field() == field).and_then(|d| d.message()).unwrap()
+        };
+        assert_eq!(message("/one"), "must be at least 1 character long");
+        assert_eq!(message("/two"), "must be at most 2 characters long");
+        assert_eq!(message("/list"), "must have at least 1 item");
+        assert_eq!(message("/map"), "must have at most 1 property");
+        assert_eq!(message("/none"), "must have at least 3 properties");
     }
 
     #[test]
