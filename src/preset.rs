@@ -81,10 +81,10 @@
 //!
 //! # Cost
 //!
-//! With the default features, the shield with its scope table adds about 1.1 to 1.3 µs to an
-//! accepted request over bare axum (which takes about 1 µs in process on the same machine),
-//! about 2.5 times less than tower_governor + jwt-authorizer; figures and commands in
-//! `BENCHMARKS.md`. Three choices change that:
+//! With the default features, the shield with its scope table adds about 1.1 to 1.5 µs to an
+//! accepted request over bare axum (which takes about 1 to 1.3 µs in process on the same
+//! machines), 2.5 to 2.7 times less than tower_governor + jwt-authorizer; figures and
+//! commands in `BENCHMARKS.md`. Three choices change that:
 //!
 //! - Each `Router::layer` or `route_layer` makes axum box and clone the layered route on
 //!   every request, about 0.1 to 0.15 µs each. Scopes in the shield's table
