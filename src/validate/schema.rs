@@ -114,15 +114,19 @@ fn message(kind: &ValidationErrorKind) -> String {
         K::Minimum { limit } => format!("must be at least {limit}"),
         K::ExclusiveMaximum { limit } => format!("must be less than {limit}"),
         K::ExclusiveMinimum { limit } => format!("must be greater than {limit}"),
-        K::MaxLength { limit } => format!("must be at most {} long", count(*limit, "character")),
-        K::MinLength { limit } => format!("must be at least {} long", count(*limit, "character")),
-        K::MaxItems { limit } => format!("must have at most {}", count(*limit, "item")),
-        K::MinItems { limit } => format!("must have at least {}", count(*limit, "item")),
+        K::MaxLength { limit } => {
+            format!("must be at most {} long", count(*limit, "character", "characters"))
+        }
+        K::MinLength { limit } => {
+            format!("must be at least {} long", count(*limit, "character", "characters"))
+        }
+        K::MaxItems { limit } => format!("must have at most {}", count(*limit, "item", "items")),
+        K::MinItems { limit } => format!("must have at least {}", count(*limit, "item", "items")),
         K::MaxProperties { limit } => {
-            format!("must have at most {}", count(*limit, "property"))
+            format!("must have at most {}", count(*limit, "property", "properties"))
         }
         K::MinProperties { limit } => {
-            format!("must have at least {}", count(*limit, "property"))
+            format!("must have at least {}", count(*limit, "property", "properties"))
         }
         K::MultipleOf { multiple_of } => format!("must be a multiple of {multiple_of}"),
         K::Format { format } if format.len() <= 32 => format!("must be a valid {format}"),
@@ -145,13 +149,9 @@ fn message(kind: &ValidationErrorKind) -> String {
     }
 }
 
-/// `1 character`, `2 characters`; `1 property`, `0 properties`.
-fn count(n: u64, noun: &str) -> String {
-    match (n, noun.strip_suffix('y')) {
-        (1, _) => format!("1 {noun}"),
-        (_, Some(stem)) => format!("{n} {stem}ies"),
-        (_, None) => format!("{n} {noun}s"),
-    }
+/// `1 character`, `2 characters`.
+fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 #[cfg(test)]
