@@ -41,6 +41,49 @@ where
 }
 
 /// What the layer does when the store fails (Redis down or slow, a full memory store).
+///
+/// # Example
+///
+/// A [`MemoryStore`] whose only slot holds a live lock refuses new keys, as a store that is
+/// down would:
+///
+/// ```
+/// # use std::{convert::Infallible, num::NonZeroUsize, time::Duration};
+/// # use bytes::Bytes;
+/// # use http::{Request, Response, StatusCode};
+/// # use http_body_util::Full;
+/// # use tower::{ServiceBuilder, ServiceExt};
+/// use tower_shield::idempotency::{
+///     BackendFailure, Fingerprint, IdempotencyLayer, IdempotencyStore, MemoryStore, RecordKey,
+/// };
+/// use tower_shield::principal::Principal;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let store = MemoryStore::new().capacity(NonZeroUsize::new(1).unwrap());
+/// // A request in flight holds the only slot.
+/// let (record, print) = (RecordKey::from_bytes([0; 32]), Fingerprint::from_bytes([0; 32]));
+/// store.begin(record, print, Duration::from_secs(60)).await.unwrap();
+///
+/// for (policy, status) in [
+///     (BackendFailure::FailClosed, StatusCode::SERVICE_UNAVAILABLE),
+///     (BackendFailure::FailOpen, StatusCode::CREATED), // the handler ran, unprotected
+/// ] {
+///     let layer = IdempotencyLayer::new().with_store(store.clone()).on_backend_failure(policy);
+///     let service = ServiceBuilder::new().layer(layer).service_fn(|_| async {
+///         let mut response = Response::new(Full::<Bytes>::default());
+///         *response.status_mut() = StatusCode::CREATED;
+///         Ok::<_, Infallible>(response)
+///     });
+///     let mut request = Request::post("/orders")
+///         .header("idempotency-key", "order-7f3a")
+///         .body(Full::<Bytes>::default())
+///         .unwrap();
+///     request.extensions_mut().insert(Principal::builder("user-42").build());
+///     assert_eq!(service.oneshot(request).await.unwrap().status(), status);
+/// }
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum BackendFailure {

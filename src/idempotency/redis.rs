@@ -66,6 +66,28 @@ const DONE: u8 = b'D';
 /// runtime, it expires after the lock TTL.
 ///
 /// Clones share the connection.
+///
+/// # Example
+///
+/// [`new`](Self::new) must run inside a tokio runtime; it does not connect.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_shield::idempotency::{IdempotencyLayer, RedisStore};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = RedisStore::new("redis://127.0.0.1:6379/0")?
+///     .prefix("orders-api:idempotency:")
+///     .timeout(Duration::from_millis(200));
+/// // Every instance of the service given this store replays the same records.
+/// let layer = IdempotencyLayer::new().with_store(store).required(true);
+/// # let _ = layer;
+///
+/// assert!(RedisStore::new("http://127.0.0.1:6379").is_err());
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct RedisStore {
     manager: ConnectionManager,

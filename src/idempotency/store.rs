@@ -298,6 +298,37 @@ impl StoreError {
 ///
 /// The futures are `'static` so they can be spawned; all arguments are owned and `Copy` or
 /// cheap.
+///
+/// # Example
+///
+/// The contract, exercised through the trait (a test of a custom store can run the same
+/// steps):
+///
+/// ```
+/// use std::{sync::Arc, time::Duration};
+/// use bytes::Bytes;
+/// use http::{HeaderMap, StatusCode};
+/// use tower_shield::idempotency::{
+///     Begin, Fingerprint, IdempotencyStore, MemoryStore, RecordKey, StoredResponse,
+/// };
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let store: Arc<dyn IdempotencyStore> = Arc::new(MemoryStore::new());
+/// let (key, print) = (RecordKey::from_bytes([1; 32]), Fingerprint::from_bytes([2; 32]));
+/// let ttl = Duration::from_secs(60);
+///
+/// let Ok(Begin::Acquired(token)) = store.begin(key, print, ttl).await else { panic!() };
+/// // A concurrent retry finds the lock.
+/// assert!(matches!(store.begin(key, print, ttl).await, Ok(Begin::InFlight { .. })));
+///
+/// let response = StoredResponse::new(print, StatusCode::CREATED, HeaderMap::new(), Bytes::new());
+/// assert!(store.complete(key, token, response, ttl).await.unwrap());
+/// // A later retry gets the stored response.
+/// let Ok(Begin::Completed(stored)) = store.begin(key, print, ttl).await else { panic!() };
+/// assert_eq!(stored.status(), StatusCode::CREATED);
+/// # }
+/// ```
 pub trait IdempotencyStore: fmt::Debug + Send + Sync + 'static {
     /// Takes the lock for `key` if there is no live record, atomically; otherwise says what is
     /// there. A new lock remembers `fingerprint` and expires after `lock_ttl`.
@@ -374,6 +405,39 @@ impl<T: IdempotencyStore + ?Sized> IdempotencyStore for Arc<T> {
 /// store so a retry that lands elsewhere still replays.
 ///
 /// Clones share the same records.
+///
+/// # Example
+///
+/// ```
+/// # use std::convert::Infallible;
+/// # use bytes::Bytes;
+/// # use http::{Request, Response, StatusCode};
+/// # use http_body_util::Full;
+/// # use tower::{ServiceBuilder, ServiceExt};
+/// use std::num::NonZeroUsize;
+/// use tower_shield::{idempotency::{IdempotencyLayer, MemoryStore}, principal::Principal};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let store = MemoryStore::new()
+///     .capacity(NonZeroUsize::new(50_000).unwrap())
+///     .max_bytes(16 * 1024 * 1024);
+/// // The layer gets a clone: both see the same records.
+/// let layer = IdempotencyLayer::new().with_store(store.clone());
+/// let service = ServiceBuilder::new().layer(layer).service_fn(|_| async {
+///     Ok::<_, Infallible>(Response::new(Full::<Bytes>::from(r#"{"id":1}"#)))
+/// });
+///
+/// let mut request = Request::post("/orders")
+///     .header("idempotency-key", "order-7f3a")
+///     .body(Full::<Bytes>::default())
+///     .unwrap();
+/// request.extensions_mut().insert(Principal::builder("user-42").build());
+/// assert_eq!(service.oneshot(request).await.unwrap().status(), StatusCode::OK);
+/// assert_eq!(store.len(), 1); // the stored response
+/// assert!(store.bytes() > 0);
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct MemoryStore {
     state: Arc<Mutex<State>>,

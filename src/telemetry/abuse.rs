@@ -128,6 +128,25 @@ const CLEANUP_EVERY: u64 = 1_000_000_000;
 /// The identity suspicious outcomes are counted against: opaque bytes (an IP prefix, a
 /// subject...). The layer keeps only a keyed 64-bit hash of them, and logs only a
 /// [`fingerprint`].
+///
+/// # Example
+///
+/// ```
+/// use std::net::IpAddr;
+/// use tower_shield::{principal::Principal, telemetry::{abuse::ClientKey, PenaltyBoxLayer}};
+///
+/// let ip: IpAddr = "127.0.0.1".parse().unwrap();
+/// assert_eq!(ClientKey::from(ip).as_bytes(), [127, 0, 0, 1]);
+/// assert_eq!(ClientKey::from("user-42"), ClientKey::new(b"user-42"));
+/// // `Debug` never shows the bytes.
+/// assert_eq!(format!("{:?}", ClientKey::from("user-42")), "ClientKey(<7 bytes>)");
+///
+/// // Count per authenticated subject, then ask whether one is blocked.
+/// let layer = PenaltyBoxLayer::new(|parts: &http::request::Parts| {
+///     parts.extensions.get::<Principal>().map(|p| ClientKey::from(p.subject()))
+/// });
+/// assert_eq!(layer.blocked_for(&ClientKey::from("user-42")), None);
+/// ```
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct ClientKey {
     repr: Repr,
@@ -196,6 +215,37 @@ impl fmt::Debug for ClientKey {
 /// Implemented for closures `Fn(&http::request::Parts) -> Option<ClientKey>`, and with feature
 /// `rate-limit` for [`ClientIp`](crate::rate_limit::ClientIp) and [`KeyedBy`]. `None` means
 /// the key cannot be determined: the request passes through uncounted.
+///
+/// # Example
+///
+/// ```
+/// use std::borrow::Cow;
+/// use http::{request::Parts, Request};
+/// use tower_shield::principal::Principal;
+/// use tower_shield::telemetry::{abuse::{AbuseKey, ClientKey}, PenaltyBoxLayer};
+///
+/// /// Counts per tenant: a tenant whose users misbehave is blocked as a whole.
+/// struct PerTenant;
+///
+/// impl AbuseKey for PerTenant {
+///     fn extract(&self, parts: &Parts) -> Option<ClientKey> {
+///         parts.extensions.get::<Principal>()?.tenant().map(ClientKey::from)
+///     }
+///
+///     fn kind(&self) -> Cow<'static, str> {
+///         Cow::Borrowed("tenant")
+///     }
+/// }
+///
+/// let mut request = Request::new(());
+/// request.extensions_mut().insert(Principal::builder("user-42").tenant("acme").build());
+/// let (parts, ()) = request.into_parts();
+/// assert_eq!(PerTenant.extract(&parts), Some(ClientKey::from("acme")));
+/// assert_eq!(PerTenant.kind(), "tenant");
+///
+/// let layer = PenaltyBoxLayer::new(PerTenant);
+/// # let _ = layer;
+/// ```
 pub trait AbuseKey: Send + Sync + 'static {
     /// The key of this request, if it can be determined.
     fn extract(&self, parts: &Parts) -> Option<ClientKey>;
@@ -231,6 +281,36 @@ impl AbuseKey for crate::rate_limit::ClientIp {
 
 /// Keys the penalty box by any rate-limit [`KeyExtractor`](crate::rate_limit::KeyExtractor):
 /// `KeyedBy(PrincipalKey)`, `KeyedBy((ClientIp::new(), RouteKey))`...
+///
+/// # Example
+///
+/// ```
+/// # use std::{convert::Infallible, num::NonZeroU32, time::Duration};
+/// # use http::{Request, Response, StatusCode};
+/// # use tower::{ServiceBuilder, ServiceExt};
+/// use tower_shield::{principal::Principal, rate_limit::PrincipalKey};
+/// use tower_shield::telemetry::{abuse::{ClientKey, KeyedBy}, PenaltyBoxLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// // Behind authentication: count per subject, block after 2 suspicious responses.
+/// let layer = PenaltyBoxLayer::new(KeyedBy(PrincipalKey))
+///     .threshold(NonZeroU32::new(2).unwrap(), Duration::from_secs(60))
+///     .unwrap();
+/// let service = ServiceBuilder::new().layer(layer.clone()).service_fn(|_| async {
+///     let mut response = Response::new(String::new());
+///     *response.status_mut() = StatusCode::FORBIDDEN;
+///     Ok::<_, Infallible>(response)
+/// });
+///
+/// for _ in 0..2 {
+///     let mut request = Request::new(String::new());
+///     request.extensions_mut().insert(Principal::builder("user-42").build());
+///     service.clone().oneshot(request).await.unwrap();
+/// }
+/// assert!(layer.blocked_for(&ClientKey::from("user-42")).is_some());
+/// # }
+/// ```
 #[cfg(feature = "rate-limit")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rate-limit")))]
 #[derive(Clone, Copy, Debug, Default)]
@@ -250,6 +330,33 @@ impl<K: crate::rate_limit::KeyExtractor> AbuseKey for KeyedBy<K> {
 // ===== outcomes =====
 
 /// What the inner service answered, as the suspicious-outcome rule sees it.
+///
+/// # Example
+///
+/// ```
+/// use http::{HeaderMap, HeaderValue, StatusCode};
+/// use tower_shield::telemetry::{abuse::Outcome, PenaltyBoxLayer};
+/// # use tower_shield::telemetry::abuse::ClientKey;
+///
+/// // On an API where a 404 is routine, count everything else the default rule counts.
+/// let rule = |o: &Outcome<'_>| o.default_rule() && o.status() != StatusCode::NOT_FOUND;
+///
+/// let headers = HeaderMap::new();
+/// assert!(rule(&Outcome::new(StatusCode::UNAUTHORIZED, &headers, None)));
+/// assert!(!rule(&Outcome::new(StatusCode::NOT_FOUND, &headers, None)));
+/// assert!(!rule(&Outcome::new(StatusCode::OK, &headers, None)));
+///
+/// // A gRPC trailers-only response: HTTP 200, the status in `grpc-status`.
+/// let mut grpc = HeaderMap::new();
+/// grpc.insert("grpc-status", HeaderValue::from_static("7")); // PERMISSION_DENIED
+/// let denied = Outcome::new(StatusCode::OK, &grpc, None);
+/// assert_eq!(denied.grpc_status(), Some(7));
+/// assert!(rule(&denied));
+///
+/// # let key = |_: &http::request::Parts| None::<ClientKey>;
+/// let layer = PenaltyBoxLayer::new(key).suspicious(rule);
+/// # let _ = layer;
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub struct Outcome<'a> {
     status: StatusCode,
