@@ -147,12 +147,28 @@ const CLEANUP_EVERY: u64 = 1_000_000_000;
 /// });
 /// assert_eq!(layer.blocked_for(&ClientKey::from("user-42")), None);
 /// ```
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone)]
 pub struct ClientKey {
     repr: Repr,
 }
 
-#[derive(Clone, PartialEq, Eq, Hash)]
+/// Equal when the bytes are, however the key was made (from a `&str`, a `RateKey`...): the
+/// layer counts by the bytes too.
+impl PartialEq for ClientKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for ClientKey {}
+
+impl std::hash::Hash for ClientKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
+
+#[derive(Clone)]
 enum Repr {
     Bytes(Box<[u8]>),
     #[cfg(feature = "rate-limit")]

@@ -341,3 +341,18 @@ fn bad_configuration_is_refused() {
 fn client_keys_never_print_their_bytes() {
     assert_eq!(format!("{:?}", ClientKey::from("token")), "ClientKey(<5 bytes>)");
 }
+
+#[cfg(feature = "rate-limit")]
+#[test]
+fn client_keys_are_equal_by_their_bytes() {
+    use std::collections::HashSet;
+
+    use crate::rate_limit::RateKey;
+
+    let from_rate = ClientKey::from(RateKey::from("user-42"));
+    let from_str = ClientKey::from("user-42");
+    assert_eq!(from_rate, from_str);
+    let set: HashSet<ClientKey> = [from_rate, from_str].into_iter().collect();
+    assert_eq!(set.len(), 1, "equal keys hash alike");
+    assert_ne!(ClientKey::from(RateKey::from("user-43")), ClientKey::from("user-42"));
+}
