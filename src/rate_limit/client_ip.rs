@@ -24,6 +24,35 @@ use crate::error::ConfigError;
 /// tonic over TLS records `TlsConnectInfo<TcpConnectInfo>` instead, which is not read: insert
 /// a `PeerAddr` holding its `get_ref().remote_addr()` in a layer outside the rate limit (a
 /// `tower::util::MapRequestLayer`).
+///
+/// # Example
+///
+/// ```
+/// use std::{convert::Infallible, net::SocketAddr, num::NonZeroU32};
+/// use http::{Request, Response, StatusCode};
+/// use tower::{ServiceBuilder, ServiceExt};
+/// use tower_shield::rate_limit::{PeerAddr, Quota, RateLimitLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// // The peer of the connection being served (hyper's accept loop knows it).
+/// let peer = SocketAddr::from(([203, 0, 113, 7], 4711));
+/// let service = ServiceBuilder::new()
+///     .map_request(move |mut request: Request<String>| {
+///         request.extensions_mut().insert(PeerAddr(peer));
+///         request
+///     })
+///     .layer(RateLimitLayer::per_ip(Quota::per_minute(NonZeroU32::new(1).unwrap())))
+///     .service_fn(|_: Request<String>| async {
+///         Ok::<_, Infallible>(Response::new(String::new()))
+///     });
+///
+/// let response = service.clone().oneshot(Request::new(String::new())).await.unwrap();
+/// assert_eq!(response.status(), StatusCode::OK);
+/// let response = service.oneshot(Request::new(String::new())).await.unwrap();
+/// assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PeerAddr(pub SocketAddr);
 
@@ -31,6 +60,35 @@ pub struct PeerAddr(pub SocketAddr);
 ///
 /// A rate-limit layer keyed by client IP stores it in the request extensions, so later layers
 /// and handlers (idempotency, telemetry, a login limiter) see the same, proxy-aware address.
+///
+/// # Example
+///
+/// ```
+/// use std::{convert::Infallible, net::SocketAddr, num::NonZeroU32};
+/// use http::{Request, Response};
+/// use tower::{ServiceBuilder, ServiceExt};
+/// use tower_shield::rate_limit::{ClientAddr, ClientIp, PeerAddr, Quota, RateLimitLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let client_ip = ClientIp::new().trusted_proxies_from_str("10.0.0.0/8").unwrap();
+/// let quota = Quota::per_second(NonZeroU32::new(10).unwrap());
+/// let service = ServiceBuilder::new()
+///     .layer(RateLimitLayer::new(client_ip, quota))
+///     .service_fn(|request: Request<String>| async move {
+///         // The address the layer resolved, for the handler and inner layers.
+///         let ClientAddr(ip) = *request.extensions().get::<ClientAddr>().unwrap();
+///         Ok::<_, Infallible>(Response::new(ip.to_string()))
+///     });
+///
+/// // A request forwarded by the load balancer at 10.0.0.2.
+/// let mut request =
+///     Request::builder().header("x-forwarded-for", "198.51.100.7").body(String::new()).unwrap();
+/// request.extensions_mut().insert(PeerAddr(SocketAddr::from(([10, 0, 0, 2], 40000))));
+/// let response = service.oneshot(request).await.unwrap();
+/// assert_eq!(response.body(), "198.51.100.7");
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ClientAddr(pub IpAddr);
 
@@ -38,6 +96,29 @@ pub struct ClientAddr(pub IpAddr);
 ///
 /// Only one is read: if both were, a client could send the one the proxy does not touch and
 /// choose its own address.
+///
+/// # Example
+///
+/// ```
+/// use std::net::{IpAddr, SocketAddr};
+/// use http::Request;
+/// use tower_shield::rate_limit::{ClientIp, ForwardedHeader, PeerAddr};
+///
+/// let client_ip = ClientIp::new()
+///     .trusted_proxies_from_str("10.0.0.0/8")
+///     .unwrap()
+///     .forwarded_header(ForwardedHeader::Forwarded);
+/// let mut request = Request::builder()
+///     .header("forwarded", r#"for="[2001:db8::1]:4711";proto=https"#)
+///     // Not read: a client could have sent it past the proxy.
+///     .header("x-forwarded-for", "192.0.2.1")
+///     .body(())
+///     .unwrap();
+/// request.extensions_mut().insert(PeerAddr(SocketAddr::from(([10, 0, 0, 2], 40000))));
+/// let (parts, ()) = request.into_parts();
+/// assert_eq!(client_ip.resolve(&parts), Some("2001:db8::1".parse::<IpAddr>().unwrap()));
+/// assert_eq!(ForwardedHeader::default(), ForwardedHeader::XForwardedFor);
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ForwardedHeader {

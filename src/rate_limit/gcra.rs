@@ -5,6 +5,27 @@ use std::time::Duration;
 use super::quota::Limits;
 
 /// What a store decided for one request.
+///
+/// # Example
+///
+/// ```
+/// use std::{num::NonZeroU32, time::Duration};
+/// use tower_shield::clock::FakeClock;
+/// use tower_shield::rate_limit::{MemoryStore, Quota, RateKey, RateLimiter};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let limiter = RateLimiter::new(Quota::per_minute(NonZeroU32::new(2).unwrap()).named("export"))
+///     .with_store(MemoryStore::new().with_clock(FakeClock::new()));
+/// let decision = limiter.acquire(&RateKey::from("tenant-42")).await.unwrap();
+/// assert!(decision.is_allowed());
+/// assert_eq!(decision.quota_index(), 0); // the only quota, "export"
+/// assert_eq!(decision.remaining(), 1);
+/// assert_eq!(decision.reset(), Duration::from_secs(30)); // one unit comes back every 30 s
+/// assert_eq!(decision.retry_after(), Duration::ZERO);
+/// assert_eq!(limiter.header_value(&decision), r#""export";r=1;t=30"#);
+/// # }
+/// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct Decision {
     remaining: u64,
@@ -76,6 +97,34 @@ impl std::fmt::Debug for Decision {
 }
 
 /// Whether to charge the request or only ask if it would pass.
+///
+/// # Example
+///
+/// ```
+/// use std::{num::NonZeroU32, time::Duration};
+/// use tower_shield::clock::FakeClock;
+/// use tower_shield::rate_limit::{Limits, MemoryStore, Mode, Quota, RateKey};
+///
+/// let clock = FakeClock::new();
+/// let store = MemoryStore::new().with_clock(clock.clone());
+/// let limits = Limits::new(Quota::per_minute(NonZeroU32::new(2).unwrap()));
+/// let key = RateKey::from("alice");
+/// let retry_after = || store.decide_now(&limits, &key, 1, Mode::Peek).retry_after();
+///
+/// // Only-failures counting: peek before each attempt, charge after a failed one.
+/// for _ in 0..2 {
+///     assert!(store.decide_now(&limits, &key, 1, Mode::Peek).is_allowed());
+///     store.decide_now(&limits, &key, 1, Mode::Charge);
+/// }
+/// assert_eq!(retry_after(), Duration::from_secs(30));
+///
+/// clock.advance(Duration::from_secs(10));
+/// // Acquire refuses without charging; Charge counts a failure even beyond the limit.
+/// assert!(!store.decide_now(&limits, &key, 1, Mode::Acquire).is_allowed());
+/// assert_eq!(retry_after(), Duration::from_secs(20));
+/// store.decide_now(&limits, &key, 1, Mode::Charge);
+/// assert_eq!(retry_after(), Duration::from_secs(30));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     /// Check, and charge every quota if all have room (the normal case).

@@ -11,6 +11,33 @@ use crate::clock::Clock;
 
 /// What the layer does with a request whose key cannot be extracted (no principal, no peer
 /// address, no header...).
+///
+/// # Example
+///
+/// ```
+/// use std::{convert::Infallible, num::NonZeroU32};
+/// use http::{Request, Response, StatusCode};
+/// use tower::{ServiceBuilder, ServiceExt};
+/// use tower_shield::rate_limit::{MissingKey, PrincipalKey, Quota, RateLimitLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let per_principal = || RateLimitLayer::new(PrincipalKey, Quota::per_minute(NonZeroU32::MAX));
+/// let handler = |_: Request<String>| async { Ok::<_, Infallible>(Response::new(String::new())) };
+/// // An anonymous request: no principal, so no key.
+/// let anonymous = || Request::new(String::new());
+///
+/// let strict = ServiceBuilder::new().layer(per_principal()).service_fn(handler);
+/// let response = strict.oneshot(anonymous()).await.unwrap();
+/// assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+///
+/// let layer = per_principal().on_missing_key(MissingKey::Skip);
+/// let lenient = ServiceBuilder::new().layer(layer).service_fn(handler);
+/// let response = lenient.oneshot(anonymous()).await.unwrap();
+/// assert_eq!(response.status(), StatusCode::OK);
+/// assert!(!response.headers().contains_key("ratelimit"));
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum MissingKey {

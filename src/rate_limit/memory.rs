@@ -49,6 +49,34 @@ const CLEANUP_EVERY: u64 = 1_000_000_000;
 ///   new during such a flood may be rejected until tracked keys go idle.
 ///
 /// Clones share the state.
+///
+/// # Example
+///
+/// ```
+/// use std::{convert::Infallible, net::SocketAddr, num::NonZeroU32};
+/// use http::{Request, Response};
+/// use tower::{ServiceBuilder, ServiceExt};
+/// use tower_shield::rate_limit::{MemoryStore, PeerAddr, Quota, RateLimitLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let store = MemoryStore::with_capacity(10_000).unwrap();
+/// let quota = Quota::per_minute(NonZeroU32::new(10).unwrap());
+/// let service = ServiceBuilder::new()
+///     .layer(RateLimitLayer::per_ip(quota).with_store(store.clone()))
+///     .service_fn(|_: Request<String>| async {
+///         Ok::<_, Infallible>(Response::new(String::new()))
+///     });
+///
+/// for client in [[203, 0, 113, 7], [198, 51, 100, 9], [203, 0, 113, 7]] {
+///     let mut request = Request::new(String::new());
+///     request.extensions_mut().insert(PeerAddr(SocketAddr::from((client, 4711))));
+///     service.clone().oneshot(request).await.unwrap();
+/// }
+/// // `store` shares its state with the layer's clone: two clients tracked.
+/// assert_eq!((store.len(), store.capacity()), (2, 10_000));
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct MemoryStore {
     inner: Arc<Inner>,

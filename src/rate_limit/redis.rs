@@ -26,7 +26,28 @@ use crate::{
     Error, ErrorKind,
 };
 
-/// What a [`RedisStore`] does when Redis does not answer in time.
+/// What a [`RedisStore`] does when Redis fails or does not answer in time.
+///
+/// # Example
+///
+/// ```
+/// use std::{num::NonZeroU32, time::Duration};
+/// use tower_shield::rate_limit::{FailurePolicy, Quota, RateLimitLayer, RedisStore};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// // A login limit must hold while Redis is down: fail closed (503) rather than unlimited.
+/// // The store connects lazily, on its first decision.
+/// let store = RedisStore::new("redis://127.0.0.1:6379", FailurePolicy::FailClosed)
+///     .unwrap()
+///     .timeout(Duration::from_millis(20));
+/// assert_eq!(store.failure_policy(), FailurePolicy::FailClosed);
+///
+/// let quota = Quota::per_minute(NonZeroU32::new(10).unwrap()).named("login-ip");
+/// let layer = RateLimitLayer::per_ip(quota).with_store(store);
+/// # let _ = layer;
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailurePolicy {
     /// Decide with a local in-memory limiter with the same quotas (each instance then

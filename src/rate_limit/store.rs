@@ -12,6 +12,37 @@ use crate::Error;
 ///
 /// The future is an associated type so the memory store answers with a ready future and costs
 /// no allocation per request.
+///
+/// # Example
+///
+/// ```
+/// use std::{future::{ready, Ready}, num::NonZeroU32, time::Duration};
+/// use http::StatusCode;
+/// use tower_shield::rate_limit::{Decision, Limits, Mode, Quota, RateKey, RateLimiter, Store};
+/// use tower_shield::Error;
+///
+/// /// Refuses everything for a minute: for testing how clients handle 429s.
+/// struct AlwaysFull;
+///
+/// impl Store for AlwaysFull {
+///     type Future = Ready<Result<Decision, Error>>;
+///
+///     fn decide(&self, _: &Limits, _: &RateKey, _: u32, _: Mode) -> Self::Future {
+///         let minute = Duration::from_secs(60);
+///         // Refused by quota 0, no unit left, whole again and retry in a minute.
+///         ready(Ok(Decision::new(false, 0, 0, minute, minute)))
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let quota = Quota::per_minute(NonZeroU32::new(100).unwrap()).named("api");
+/// let limiter = RateLimiter::new(quota).with_store(AlwaysFull);
+/// let error = limiter.acquire(&RateKey::from("alice")).await.unwrap_err();
+/// assert_eq!(error.status(), StatusCode::TOO_MANY_REQUESTS);
+/// assert_eq!(error.retry_after(), Some(Duration::from_secs(60)));
+/// # }
+/// ```
 pub trait Store: Send + Sync + 'static {
     /// The future of [`decide`](Store::decide).
     type Future: Future<Output = Result<Decision, Error>> + Send + 'static;
