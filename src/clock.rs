@@ -26,6 +26,38 @@ use std::{
 };
 
 /// A source of time.
+///
+/// Implement it to take time from somewhere else, and pass it to a layer's `with_clock`.
+/// `Arc<C>` (`Arc<dyn Clock>` too) is a clock as well.
+///
+/// # Example
+///
+/// ```
+/// use std::{sync::Arc, time::{Duration, SystemTime, UNIX_EPOCH}};
+/// use tower_shield::clock::Clock;
+///
+/// /// A clock stopped at one instant, e.g. to replay a recorded request.
+/// #[derive(Debug)]
+/// struct Stopped(SystemTime);
+///
+/// impl Clock for Stopped {
+///     fn now(&self) -> SystemTime {
+///         self.0
+///     }
+///
+///     fn monotonic(&self) -> Duration {
+///         Duration::ZERO
+///     }
+/// }
+///
+/// fn expired(clock: &impl Clock, exp: SystemTime) -> bool {
+///     clock.now() >= exp
+/// }
+///
+/// let clock: Arc<dyn Clock> = Arc::new(Stopped(UNIX_EPOCH + Duration::from_secs(1_000)));
+/// assert!(expired(&clock, UNIX_EPOCH + Duration::from_secs(1_000)));
+/// assert!(!expired(&clock, UNIX_EPOCH + Duration::from_secs(1_001)));
+/// ```
 pub trait Clock: fmt::Debug + Send + Sync + 'static {
     /// Wall-clock time, for comparing against timestamps in credentials (`exp`, `nbf`,
     /// `auth_time`).
@@ -47,6 +79,23 @@ impl<C: Clock + ?Sized> Clock for Arc<C> {
 }
 
 /// The real clock: [`SystemTime::now`] and [`Instant::now`].
+///
+/// Layers use it unless given another clock.
+///
+/// # Example
+///
+/// ```
+/// use std::time::{Duration, UNIX_EPOCH};
+/// use tower_shield::clock::{Clock, SystemClock};
+///
+/// let clock = SystemClock;
+/// assert!(clock.now() > UNIX_EPOCH);
+///
+/// // Intervals are measured on the monotonic clock, which never goes backwards.
+/// let start = clock.monotonic();
+/// std::thread::sleep(Duration::from_millis(10));
+/// assert!(clock.monotonic() - start >= Duration::from_millis(10));
+/// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SystemClock;
 
@@ -65,6 +114,37 @@ impl Clock for SystemClock {
 ///
 /// It starts at a fixed wall-clock time (2025-01-01T00:00:00Z) and monotonic time zero, so
 /// tests are reproducible.
+///
+/// # Example
+///
+/// A rate limit tested without sleeping: the layer and the test share one clock.
+///
+/// ```
+/// use std::{convert::Infallible, net::SocketAddr, num::NonZeroU32, time::Duration};
+/// use http::{Request, Response, StatusCode};
+/// use tower::{Service, ServiceBuilder, ServiceExt};
+/// use tower_shield::{clock::FakeClock, rate_limit::{PeerAddr, Quota, RateLimitLayer}};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let clock = FakeClock::new();
+/// let quota = Quota::per_minute(NonZeroU32::new(1).unwrap());
+/// let mut service = ServiceBuilder::new()
+///     .layer(RateLimitLayer::per_ip(quota).with_clock(clock.clone()))
+///     .service_fn(|_: Request<()>| async { Ok::<_, Infallible>(Response::new(String::new())) });
+/// let request = || {
+///     let mut request = Request::new(());
+///     request.extensions_mut().insert(PeerAddr(SocketAddr::from(([203, 0, 113, 7], 4711))));
+///     request
+/// };
+///
+/// let mut call = async || service.ready().await.unwrap().call(request()).await.unwrap();
+/// assert_eq!(call().await.status(), StatusCode::OK);
+/// assert_eq!(call().await.status(), StatusCode::TOO_MANY_REQUESTS);
+/// clock.advance(Duration::from_secs(60)); // the quota refills at once
+/// assert_eq!(call().await.status(), StatusCode::OK);
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct FakeClock {
     nanos: Arc<AtomicU64>,

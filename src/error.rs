@@ -72,6 +72,27 @@ struct Inner {
 ///
 /// Each kind has a fixed HTTP status, a stable snake_case code, a short public message and a
 /// gRPC code. New kinds may be added in minor releases.
+///
+/// # Example
+///
+/// ```
+/// use http::StatusCode;
+/// use tower_shield::{error::GrpcCode, Error, ErrorKind};
+///
+/// let kind = ErrorKind::Forbidden;
+/// assert_eq!(kind.status(), StatusCode::FORBIDDEN);
+/// assert_eq!(kind.code(), "forbidden");
+/// assert_eq!(kind.message(), "Insufficient permissions");
+/// assert_eq!(kind.grpc_code(), GrpcCode::PermissionDenied);
+///
+/// // A bare error status of an inner service maps back to its kind.
+/// assert_eq!(ErrorKind::from_status(StatusCode::TOO_MANY_REQUESTS), ErrorKind::RateLimited);
+///
+/// // A layer or handler of your own rejects with a kind; the envelope renders the body.
+/// let response = Error::from(kind).to_response::<String>();
+/// assert_eq!(response.status(), StatusCode::FORBIDDEN);
+/// assert_eq!(response.extensions().get::<Error>().unwrap().kind(), ErrorKind::Forbidden);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorKind {
@@ -230,6 +251,25 @@ impl fmt::Display for ErrorKind {
 }
 
 /// gRPC status codes, as in `google.rpc.Code`.
+///
+/// # Example
+///
+/// ```
+/// use http::{Response, StatusCode};
+/// use tower_shield::{error::GrpcCode, Error, ErrorKind};
+///
+/// let code = Error::new(ErrorKind::RateLimited).grpc_code();
+/// assert_eq!(code, GrpcCode::ResourceExhausted);
+/// assert_eq!(code.as_i32(), 8);
+///
+/// // The `grpc-status` of a response written by hand.
+/// let mut response = Response::new(());
+/// response.headers_mut().insert("grpc-status", code.header_value());
+/// assert_eq!(response.headers()["grpc-status"], "8");
+///
+/// // An inner service's 409 reaches gRPC clients as `ABORTED`.
+/// assert_eq!(Error::from_status(StatusCode::CONFLICT).grpc_code(), GrpcCode::Aborted);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 #[allow(missing_docs)]

@@ -29,6 +29,30 @@ use serde_json::{Map, Value};
 ///
 /// Cheap to clone: everything sits behind one `Arc`. Scopes and roles are kept sorted, so the
 /// checks are binary searches.
+///
+/// # Example
+///
+/// A handler reads the principal that an authenticating layer put in the request extensions:
+///
+/// ```
+/// use std::convert::Infallible;
+/// use http::Request;
+/// use tower::{service_fn, ServiceExt};
+/// use tower_shield::principal::Principal;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let handler = service_fn(|request: Request<()>| async move {
+///     let principal = request.extensions().get::<Principal>().expect("behind an auth layer");
+///     let access = if principal.has_scope("orders:write") { "read-write" } else { "read-only" };
+///     Ok::<_, Infallible>(format!("{}: {access}", principal.subject()))
+/// });
+///
+/// let mut request = Request::new(());
+/// request.extensions_mut().insert(Principal::builder("alice").scopes(["orders:read"]).build());
+/// assert_eq!(handler.oneshot(request).await.unwrap(), "alice: read-only");
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Principal {
     inner: Arc<Inner>,
@@ -50,6 +74,23 @@ struct Inner {
 }
 
 /// How the caller authenticated.
+///
+/// # Example
+///
+/// ```
+/// use tower_shield::principal::{AuthMethod, Principal};
+///
+/// let service = Principal::builder("billing-service")
+///     .auth_method(AuthMethod::ApiKey)
+///     .key_id("key_01")
+///     .build();
+/// assert_eq!(service.auth_method(), AuthMethod::ApiKey);
+/// assert_eq!(service.auth_method().as_str(), "api_key"); // the name in logs and metrics
+///
+/// // An authenticator of your own names itself; a principal built without one says `none`.
+/// assert_eq!(AuthMethod::Custom("mtls").as_str(), "mtls");
+/// assert_eq!(Principal::builder("test").build().auth_method(), AuthMethod::None);
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum AuthMethod {
@@ -216,6 +257,31 @@ impl fmt::Debug for Principal {
 }
 
 /// Builds a [`Principal`]; see [`Principal::builder`].
+///
+/// # Example
+///
+/// ```
+/// use std::time::{Duration, UNIX_EPOCH};
+/// use tower_shield::principal::{AuthMethod, Principal};
+///
+/// let principal = Principal::builder("user-42")
+///     .scopes(["orders:write", "orders:read", "orders:read"]) // kept sorted, without repeats
+///     .roles(["support"])
+///     .client_id("web-app")
+///     .auth_method(AuthMethod::Jwt)
+///     .auth_time(UNIX_EPOCH + Duration::from_secs(1_735_689_600))
+///     .amr(["pwd", "otp"])
+///     .claim("plan", "gold")
+///     .build();
+/// assert_eq!(principal.scopes().collect::<Vec<_>>(), ["orders:read", "orders:write"]);
+/// assert!(principal.has_role("support"));
+/// assert_eq!(principal.claim_as::<String>("plan").as_deref(), Some("gold"));
+///
+/// // A changed copy, e.g. with fewer scopes: everything else is kept.
+/// let narrowed = principal.to_builder().scopes(["orders:read"]).build();
+/// assert!(!narrowed.has_scope("orders:write"));
+/// assert_eq!(narrowed.client_id(), Some("web-app"));
+/// ```
 #[must_use]
 pub struct PrincipalBuilder {
     inner: Inner,

@@ -8,6 +8,43 @@ use super::RequestId;
 use crate::{error::Detail, Error};
 
 /// The body format of an HTTP error response.
+///
+/// By default the envelope [negotiates](Format::negotiate) it from the client's `Accept`;
+/// [`ErrorEnvelopeLayer::format`](super::ErrorEnvelopeLayer::format) fixes it.
+///
+/// # Example
+///
+/// ```
+/// use http::{Request, StatusCode};
+/// use http_body_util::BodyExt;
+/// use tower::{ServiceBuilder, ServiceExt};
+/// use tower_shield::{envelope::{ErrorEnvelopeLayer, Format}, Error, ErrorKind};
+///
+/// # use std::convert::Infallible;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let service = ServiceBuilder::new()
+///     // Problem details for every client, whatever its `Accept` says.
+///     .layer(ErrorEnvelopeLayer::new().format(Format::Problem))
+///     .service_fn(|_: Request<String>| async {
+///         Ok::<_, Infallible>(Error::new(ErrorKind::Forbidden).to_response::<String>())
+///     });
+///
+/// let request = Request::get("/orders/7").header("x-request-id", "req-1").body(String::new());
+/// let response = service.oneshot(request.unwrap()).await.unwrap();
+/// assert_eq!(response.status(), StatusCode::FORBIDDEN);
+/// assert_eq!(response.headers()["content-type"], "application/problem+json");
+/// let body = response.into_body().collect().await.unwrap().to_bytes();
+/// assert_eq!(
+///     serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
+///     serde_json::json!({
+///         "type": "about:blank", "title": "Forbidden", "status": 403,
+///         "detail": "Insufficient permissions", "instance": "/orders/7",
+///         "code": "forbidden", "request_id": "req-1",
+///     }),
+/// );
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Format {
@@ -85,6 +122,42 @@ fn quality(parameter: &str) -> Option<f32> {
 }
 
 /// What the envelope knows about the request when it renders an error.
+///
+/// # Example
+///
+/// A [`Render`] of your own, for plain-text bodies.
+///
+/// ```
+/// use http::{HeaderValue, Request};
+/// use http_body_util::BodyExt;
+/// use tower::{ServiceBuilder, ServiceExt};
+/// use tower_shield::envelope::{ErrorEnvelopeLayer, Render, RenderContext, Rendered};
+/// use tower_shield::{Error, ErrorKind};
+///
+/// #[derive(Clone)]
+/// struct PlainText;
+/// impl Render for PlainText {
+///     fn render(&self, error: &Error, cx: &RenderContext<'_>) -> Rendered {
+///         // The public message only: `error.reason()` is for logs.
+///         let body = format!("{} at {} ({})", error.message(), cx.path(), cx.request_id());
+///         Rendered { content_type: HeaderValue::from_static("text/plain"), body: body.into() }
+///     }
+/// }
+///
+/// # use std::convert::Infallible;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let service = ServiceBuilder::new()
+///     .layer(ErrorEnvelopeLayer::new().with_render(PlainText))
+///     .service_fn(|_: Request<String>| async {
+///         Ok::<_, Infallible>(Error::new(ErrorKind::NotFound).to_response::<String>())
+///     });
+/// let request = Request::get("/nope").header("x-request-id", "req-1").body(String::new());
+/// let response = service.oneshot(request.unwrap()).await.unwrap();
+/// let body = response.into_body().collect().await.unwrap().to_bytes();
+/// assert_eq!(body, "Not found at /nope (req-1)");
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct RenderContext<'a> {
     pub(crate) request_id: &'a RequestId,
@@ -110,6 +183,41 @@ impl RenderContext<'_> {
 }
 
 /// A rendered error body and its content type.
+///
+/// # Example
+///
+/// The default JSON body under a media type of your own, from a closure renderer:
+///
+/// ```
+/// use http::{HeaderValue, Request, StatusCode};
+/// use http_body_util::BodyExt;
+/// use tower::{ServiceBuilder, ServiceExt};
+/// use tower_shield::envelope::{self, DefaultRender, Render, RenderContext, Rendered};
+/// use tower_shield::{Error, ErrorKind};
+///
+/// # use std::convert::Infallible;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let render = |error: &Error, cx: &RenderContext<'_>| {
+///     let Rendered { body, .. } = DefaultRender::new().render(error, cx);
+///     Rendered { content_type: HeaderValue::from_static("application/vnd.example+json"), body }
+/// };
+/// let service = ServiceBuilder::new()
+///     .layer(envelope::ErrorEnvelopeLayer::new().with_render(render))
+///     .service_fn(|_: Request<String>| async {
+///         Ok::<_, Infallible>(Error::new(ErrorKind::Unauthenticated).to_response::<String>())
+///     });
+/// let request = Request::get("/orders").header("x-request-id", "req-1").body(String::new());
+/// let response = service.oneshot(request.unwrap()).await.unwrap();
+/// assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+/// assert_eq!(response.headers()["content-type"], "application/vnd.example+json");
+/// let body = response.into_body().collect().await.unwrap().to_bytes();
+/// assert_eq!(
+///     body,
+///     r#"{"code":"unauthenticated","message":"Authentication required","request_id":"req-1"}"#,
+/// );
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct Rendered {
     /// The `Content-Type` of the body.
@@ -164,6 +272,35 @@ where
 /// `detail`) unless [`DefaultRender::problem_type_base`] is set, in which case `type` is the
 /// base followed by the code (e.g. `https://api.example.com/errors/rate_limited`) and `title`
 /// is the public message.
+///
+/// # Example
+///
+/// ```
+/// use http::{header::ACCEPT, Request, StatusCode};
+/// use http_body_util::BodyExt;
+/// use tower::{ServiceBuilder, ServiceExt};
+/// use tower_shield::{envelope::{DefaultRender, ErrorEnvelopeLayer}, Error, ErrorKind};
+///
+/// # use std::convert::Infallible;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let render = DefaultRender::new().problem_type_base("https://api.example.com/errors/");
+/// let service = ServiceBuilder::new()
+///     .layer(ErrorEnvelopeLayer::new().with_render(render))
+///     .service_fn(|_: Request<String>| async {
+///         Ok::<_, Infallible>(Error::new(ErrorKind::RateLimited).to_response::<String>())
+///     });
+///
+/// let request = Request::post("/orders").header(ACCEPT, "application/problem+json");
+/// let response = service.oneshot(request.body(String::new()).unwrap()).await.unwrap();
+/// assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+/// let body = response.into_body().collect().await.unwrap().to_bytes();
+/// let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+/// assert_eq!(problem["type"], "https://api.example.com/errors/rate_limited");
+/// assert_eq!(problem["title"], "Too many requests");
+/// assert_eq!(problem["instance"], "/orders");
+/// # }
+/// ```
 #[derive(Clone, Default)]
 pub struct DefaultRender {
     problem_type_base: Option<Arc<str>>,

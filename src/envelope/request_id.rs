@@ -97,6 +97,34 @@ pub trait MakeRequestId: Clone + Send + Sync + 'static {
 }
 
 /// The default [`MakeRequestId`]: a random UUID v4, e.g. `5e1f0c1a-3f1e-4a5b-9c2d-0e8f7a6b5c4d`.
+///
+/// # Example
+///
+/// ```
+/// use std::convert::Infallible;
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body_util::{BodyExt, Full};
+/// use tower::{ServiceBuilder, ServiceExt};
+/// use tower_shield::envelope::{ErrorEnvelopeLayer, MakeRequestUuid, RequestId};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let service = ServiceBuilder::new()
+///     // The default, spelled out.
+///     .layer(ErrorEnvelopeLayer::new().with_make_request_id(MakeRequestUuid))
+///     .service_fn(|request: Request<Full<Bytes>>| async move {
+///         let id = request.extensions().get::<RequestId>().expect("set by the envelope");
+///         Ok::<_, Infallible>(Response::new(Full::<Bytes>::from(id.to_string())))
+///     });
+///
+/// // A request without an `x-request-id` gets a new UUID, echoed in the response.
+/// let response = service.oneshot(Request::new(Full::default())).await.unwrap();
+/// let id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+/// assert_eq!((id.len(), id.matches('-').count()), (36, 4));
+/// assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), id);
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MakeRequestUuid;
 

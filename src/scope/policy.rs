@@ -15,6 +15,33 @@ use tower_service::Service;
 use crate::{error::Challenge, principal::Principal, Error, ErrorKind};
 
 /// The answer of a [`Policy`].
+///
+/// # Example
+///
+/// ```
+/// use http::{request::Parts, Request, StatusCode};
+/// use tower_shield::{principal::Principal, scope::Decision};
+///
+/// struct Document { tenant: String, listed: bool }
+///
+/// // The owning tenant may read; others see that a listed document exists, not an unlisted one.
+/// fn read_policy(principal: &Principal, _: &Parts, doc: &Document) -> Decision {
+///     match principal.tenant() {
+///         Some(tenant) if tenant == doc.tenant => Decision::Allow,
+///         _ if doc.listed => Decision::Deny,
+///         _ => Decision::NotFound,
+///     }
+/// }
+///
+/// let (parts, ()) = Request::new(()).into_parts();
+/// let bob = Principal::builder("bob").tenant("globex").build();
+/// let doc = |listed| Document { tenant: "acme".into(), listed };
+/// assert_eq!(read_policy(&bob, &parts, &doc(true)), Decision::Deny);
+///
+/// // `authorize` and `PolicyLayer` answer with `into_result`'s error.
+/// let hidden = read_policy(&bob, &parts, &doc(false)).into_result().unwrap_err();
+/// assert_eq!(hidden.status(), StatusCode::NOT_FOUND);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Decision {
     /// The caller may act on the resource.

@@ -21,7 +21,42 @@ pub const DEFAULT_MAX_DEPTH: usize = 64;
 /// The default number of details in one rejection.
 pub const DEFAULT_MAX_DETAILS: usize = 20;
 
-/// The status of a request that is well-formed JSON but breaks the schema (or a [`Check`]).
+/// The status of a request whose body is well-formed JSON but breaks the
+/// [schema](ValidateLayer::schema). Every other rejection keeps its status: syntax and shape
+/// errors, query and header checks, and [`Check`] failures are 400.
+///
+/// # Example
+///
+/// ```
+/// use bytes::Bytes;
+/// use http::{Request, Response, StatusCode};
+/// use http_body_util::Full;
+/// use serde_json::json;
+/// use tower::{ServiceBuilder, ServiceExt};
+/// use tower_shield::{body::Buffered, validate::{ValidateLayer, ViolationStatus}, Error};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let layer = ValidateLayer::new()
+///     .schema(&json!({"properties": {"quantity": {"type": "integer", "minimum": 1}}}))?
+///     .violation_status(ViolationStatus::UnprocessableEntity);
+/// let service = ServiceBuilder::new().layer(layer).service_fn(|_: Request<Buffered>| async {
+///     Ok::<_, std::convert::Infallible>(Response::new(Full::<Bytes>::default()))
+/// });
+/// let post = |body: &'static str| {
+///     let request = Request::post("/orders").header("content-type", "application/json");
+///     request.body(Full::<Bytes>::from(body)).unwrap()
+/// };
+///
+/// // Well-formed JSON that breaks the schema: 422.
+/// let response = service.clone().oneshot(post(r#"{"quantity":0}"#)).await?;
+/// assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+/// assert_eq!(response.extensions().get::<Error>().unwrap().code(), "unprocessable_entity");
+/// // Not JSON at all: still 400.
+/// assert_eq!(service.oneshot(post("{")).await?.status(), StatusCode::BAD_REQUEST);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ViolationStatus {
@@ -151,7 +186,7 @@ impl ValidateLayer {
         self
     }
 
-    /// The status of schema and [`Check`] violations (default 400).
+    /// The status of schema violations (default 400); see [`ViolationStatus`].
     pub fn violation_status(mut self, status: ViolationStatus) -> Self {
         self.config().violation_status = status;
         self
