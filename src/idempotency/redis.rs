@@ -112,6 +112,10 @@ impl RedisStore {
     /// # Errors
     ///
     /// When `url` is not a valid Redis URL.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime (the connection manager runs a task).
     pub fn new(url: &str) -> Result<Self, ConfigError> {
         let client = redis::Client::open(url)
             .map_err(|e| ConfigError::new(format!("invalid Redis URL: {e}")))?;
