@@ -155,9 +155,11 @@ struct AppState<St> {
     settings: Settings,
     orders: Mutex<HashMap<u64, Order>>,
     next_id: AtomicU64,
-    /// 5 failed logins per minute per client IP, and per attempted username whatever the IP.
+    /// 5 failed logins per minute per client (an IPv4 address, an IPv6 /64: `client_ip`
+    /// groups them as the per-IP limit does), and per attempted username whatever the IP.
     login_per_ip: RateLimiter<St>,
     login_per_user: RateLimiter<St>,
+    client_ip: ClientIp,
 }
 
 /// The application, with rate-limit state in `new_store()` (memory or Redis).
@@ -184,7 +186,8 @@ fn app<St: Store + Clone>(
         |name: &'static str| Quota::per_minute(NonZeroU32::MIN.saturating_add(4)).named(name);
     // Before any crypto: shed load per client IP (proxy-aware only for TRUSTED_PROXIES).
     let client_ip = ClientIp::new().trusted_proxies_from_str(&settings.trusted_proxies)?;
-    let per_ip = RateLimitLayer::new(client_ip, per_minute("per-ip")).with_store(new_store());
+    let per_ip =
+        RateLimitLayer::new(client_ip.clone(), per_minute("per-ip")).with_store(new_store());
     // After auth: a quota per caller, wherever they connect from.
     let per_principal = RateLimitLayer::new(PrincipalKey, per_minute("per-principal"))
         .on_missing_key(MissingKey::Skip)
@@ -214,6 +217,7 @@ fn app<St: Store + Clone>(
     let state = Arc::new(AppState {
         login_per_ip: RateLimiter::new(five_per_minute("login-ip")).with_store(new_store()),
         login_per_user: RateLimiter::new(five_per_minute("login-user")).with_store(new_store()),
+        client_ip,
         settings,
         orders: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(1),
@@ -253,7 +257,9 @@ async fn login<St: Store + Clone>(
     Extension(ClientAddr(ip)): Extension<ClientAddr>,
     Validated(login): Validated<Login>,
 ) -> Result<Json<Value>, Error> {
-    let (by_ip, by_user) = (RateKey::from_ip(ip), RateKey::from(login.username.as_str()));
+    // The client's address grouped as the per-IP limit groups it: one key for a whole IPv6
+    // /64, so that a client cannot rotate through its prefix to get more attempts.
+    let (by_ip, by_user) = (state.client_ip.key_for(ip), RateKey::from(login.username.as_str()));
     state.login_per_ip.check(&by_ip).await?;
     state.login_per_user.check(&by_user).await?;
 

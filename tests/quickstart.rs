@@ -374,3 +374,36 @@ async fn requests_are_limited_per_client_ip_with_headers() {
     assert_eq!(body["code"], "rate_limited");
     assert!(body["request_id"].is_string());
 }
+
+/// The login limit per IP groups IPv6 clients by /64, as the per-IP limit does: a client that
+/// rotates through its prefix (and through usernames) still gets 5 failures a minute.
+#[tokio::test]
+async fn login_limit_holds_across_an_ipv6_prefix() {
+    // The test client connects from 127.0.0.1: trusted as a proxy, so the address it forwards
+    // is the client's.
+    let app = Example::spawn("quickstart", &[("TRUSTED_PROXIES", "127.0.0.1/32")]);
+    let client = client();
+    let login = |i: u32| {
+        client
+            .post(app.url("/login"))
+            .header("x-forwarded-for", format!("2001:db8:0:7::{i:x}"))
+            .json(&json!({"username": format!("user-{i}"), "password": "wrong"}))
+            .send()
+    };
+    for i in 1..=5 {
+        assert_eq!(login(i).await.unwrap().status(), StatusCode::UNAUTHORIZED, "attempt {i}");
+    }
+    let limited = login(6).await.unwrap();
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    let state = limited.headers()["ratelimit"].to_str().unwrap();
+    assert!(state.starts_with(r#""login-ip";r=0;t="#), "{state}");
+    // Another /64 is another client.
+    let other = client
+        .post(app.url("/login"))
+        .header("x-forwarded-for", "2001:db8:0:8::1")
+        .json(&json!({"username": "user-7", "password": "wrong"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), StatusCode::UNAUTHORIZED);
+}

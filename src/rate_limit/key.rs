@@ -70,7 +70,8 @@ impl RateKey {
     /// The key of one IP address (its octets), e.g. for a [`RateLimiter`](super::RateLimiter)
     /// keyed by the [`ClientAddr`](super::ClientAddr) a layer resolved. Not the key
     /// [`ClientIp`] makes for the same address: [`ClientIp::key_for`] also marks the address
-    /// family and groups by prefix.
+    /// family and groups by prefix. For a limit per client, prefer `key_for`: one key per
+    /// address lets an IPv6 client take a fresh budget from each address of its /64.
     pub fn from_ip(ip: std::net::IpAddr) -> Self {
         match ip {
             std::net::IpAddr::V4(v4) => Self::new(v4.octets()),
