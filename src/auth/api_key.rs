@@ -49,6 +49,37 @@ const MAX_ID_LEN: usize = 64;
 const MAX_KEY_LEN: usize = 512;
 
 /// Verifies API keys. Clones share the key table.
+///
+/// # Example
+///
+/// ```
+/// use http::{header, HeaderMap, HeaderValue};
+/// use tower_shield::auth::api_key::{generate, ApiKeys};
+/// use tower_shield::auth::{AuthRequest, Authenticator, Verdict};
+/// use tower_shield::principal::Principal;
+///
+/// let issued = generate("sk_live").unwrap();
+/// let keys = ApiKeys::new("sk_live")
+///     .unwrap()
+///     .with_key(issued.id(), issued.hash(), Principal::builder("billing-service"))
+///     .unwrap();
+///
+/// let mut headers = HeaderMap::new();
+/// let value = HeaderValue::from_str(&format!("ApiKey {}", issued.key())).unwrap();
+/// headers.insert(header::AUTHORIZATION, value);
+/// let request = AuthRequest::from_headers(&headers).unwrap();
+/// match keys.authenticate(&request) {
+///     Verdict::Authenticated(principal) => {
+///         assert_eq!(principal.subject(), "billing-service");
+///         assert_eq!(principal.key_id(), Some(issued.id()));
+///     }
+///     other => panic!("{other:?}"),
+/// }
+///
+/// // Rotation: once clients use their new key, remove the old one.
+/// assert!(keys.remove(issued.id()));
+/// assert!(matches!(keys.authenticate(&request), Verdict::Rejected(_)));
+/// ```
 #[derive(Clone)]
 pub struct ApiKeys {
     inner: Arc<Inner>,
@@ -301,6 +332,19 @@ pub fn hash_key(key: &str) -> String {
 }
 
 /// A new API key and what to store for it. `Debug` hides the key.
+///
+/// # Example
+///
+/// ```
+/// use tower_shield::auth::api_key::{generate, hash_key};
+///
+/// let generated = generate("sk_live").unwrap();
+/// // `<prefix>_<id>_<secret>`: hand the key to the client once, store the id and the hash.
+/// assert!(generated.key().starts_with(&format!("sk_live_{}_", generated.id())));
+/// assert_eq!(generated.id().len(), 12);
+/// assert_eq!(generated.hash(), hash_key(generated.key()));
+/// assert!(!format!("{generated:?}").contains(generated.key()));
+/// ```
 #[derive(Clone)]
 pub struct GeneratedKey {
     key: String,

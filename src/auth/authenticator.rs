@@ -14,6 +14,37 @@ pub type BoxAuthFuture = Pin<Box<dyn Future<Output = Result<Principal, Error>> +
 /// verified token, [`Rejected`](Verdict::Rejected), [`NotMine`](Verdict::NotMine)) are
 /// synchronous and allocate no future; [`Pending`](Verdict::Pending) is for the credentials
 /// that need I/O.
+///
+/// # Example
+///
+/// A caller of [`Jwt::verify`](super::jwt::Jwt::verify) drives the verdict to its end:
+///
+/// ```
+/// use tower_shield::auth::{jwt::Jwt, Verdict};
+/// use tower_shield::{principal::Principal, Error, ErrorKind};
+///
+/// /// `None` when the credential is not this authenticator's kind.
+/// async fn decide(verdict: Verdict) -> Option<Result<Principal, Error>> {
+///     match verdict {
+///         Verdict::NotMine => None,
+///         Verdict::Authenticated(principal) => Some(Ok(principal)),
+///         Verdict::Rejected(error) => Some(Err(error)),
+///         Verdict::Pending(future) => Some(future.await),
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let jwt = Jwt::builder()
+///     .hs256_secret(b"an example secret of at least 32 bytes!!")
+///     .issuer("https://issuer.example")
+///     .audience("orders-api")
+///     .build()
+///     .unwrap();
+/// let error = decide(jwt.verify("not.a.jwt")).await.unwrap().unwrap_err();
+/// assert_eq!(error.kind(), ErrorKind::InvalidToken);
+/// # }
+/// ```
 pub enum Verdict {
     /// This authenticator does not recognise the request's credential (none of its kind is
     /// present); the next authenticator in the chain is asked.
@@ -107,6 +138,24 @@ impl<A: Authenticator + ?Sized> Authenticator for Arc<A> {
 /// header.
 ///
 /// `Debug` prints header names and the `Authorization` scheme, never a header value.
+///
+/// # Example
+///
+/// ```
+/// use http::{header, HeaderMap, HeaderValue};
+/// use tower_shield::auth::AuthRequest;
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer abc.def.ghi"));
+/// let request = AuthRequest::from_headers(&headers).unwrap();
+/// assert_eq!(request.bearer(), Some("abc.def.ghi"));
+/// assert_eq!(request.authorization().unwrap().scheme(), "bearer");
+/// assert!(!format!("{request:?}").contains("abc.def.ghi"));
+///
+/// // Two `Authorization` headers are malformed: the layer answers 400.
+/// headers.append(header::AUTHORIZATION, HeaderValue::from_static("Bearer other"));
+/// assert!(AuthRequest::from_headers(&headers).is_err());
+/// ```
 pub struct AuthRequest<'a> {
     headers: &'a HeaderMap,
     authorization: Option<Authorization<'a>>,
@@ -160,6 +209,21 @@ impl fmt::Debug for AuthRequest<'_> {
 /// A well-formed `Authorization: <scheme> <credentials>` header.
 ///
 /// `Debug` never prints the credentials.
+///
+/// # Example
+///
+/// ```
+/// use http::{header, HeaderMap, HeaderValue};
+/// use tower_shield::auth::AuthRequest;
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert(header::AUTHORIZATION, HeaderValue::from_static("ApiKey sk_live_abc_s3cr3t"));
+/// let request = AuthRequest::from_headers(&headers).unwrap();
+/// let authorization = request.authorization().unwrap();
+/// assert!(authorization.is_scheme("apikey"));
+/// assert_eq!(authorization.credentials(), "sk_live_abc_s3cr3t");
+/// assert!(!format!("{authorization:?}").contains("s3cr3t"));
+/// ```
 #[derive(Clone, Copy)]
 pub struct Authorization<'a> {
     scheme: &'a str,

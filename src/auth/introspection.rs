@@ -100,6 +100,29 @@ pub struct Introspection {
 }
 
 /// Builds an [`Introspection`] client. Made by [`Introspection::builder`].
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_shield::auth::Introspection;
+///
+/// let endpoint = "http://127.0.0.1:8080/oauth2/introspect";
+/// let introspection = Introspection::builder(endpoint, "orders-api", "s3cr3t")
+///     .issuer("http://127.0.0.1:8080")
+///     .audience(["orders-api"])
+///     .cache_ttl(Duration::from_secs(30))
+///     .timeout(Duration::from_secs(2))
+///     .build()
+///     .unwrap();
+/// // Building contacts nothing: the first token that is not cached does.
+/// assert_eq!(introspection.cached_entries(), 0);
+///
+/// // Only https (or http to a loopback host), and non-empty credentials.
+/// let ftp = "ftp://127.0.0.1/oauth2/introspect";
+/// assert!(Introspection::builder(ftp, "orders-api", "s3cr3t").build().is_err());
+/// assert!(Introspection::builder(endpoint, "orders-api", "").build().is_err());
+/// ```
 #[must_use]
 pub struct IntrospectionBuilder {
     endpoint: Result<Url, ConfigError>,

@@ -102,6 +102,32 @@ pub struct RemoteJwks {
 }
 
 /// Builds a [`RemoteJwks`]. Made by [`RemoteJwks::from_url`] or [`RemoteJwks::discover`].
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_shield::auth::{jwt::Jwt, RemoteJwks};
+///
+/// let url = "http://127.0.0.1:8080/.well-known/jwks.json";
+/// let jwks = RemoteJwks::from_url(url)
+///     .min_ttl(Duration::from_secs(30))
+///     .refetch_cooldown(Duration::from_secs(60))
+///     .timeout(Duration::from_secs(2))
+///     .build()
+///     .unwrap();
+/// // Building fetches nothing: the first token (or `refresh`) does.
+/// assert!(jwks.keys().is_none());
+/// let jwt = Jwt::builder()
+///     .with_key_source(jwks)
+///     .issuer("http://127.0.0.1:8080")
+///     .audience("orders-api")
+///     .build();
+/// assert!(jwt.is_ok());
+///
+/// // The lifetimes must satisfy `min_ttl <= default_ttl (5 min) <= max_ttl`.
+/// assert!(RemoteJwks::from_url(url).min_ttl(Duration::from_secs(600)).build().is_err());
+/// ```
 #[must_use]
 pub struct RemoteJwksBuilder {
     source: Result<Source, ConfigError>,

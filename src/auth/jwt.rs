@@ -93,6 +93,51 @@ pub type BoxRefreshFuture = Pin<Box<dyn Future<Output = Result<(), Error>> + Sen
 /// refetch returns a future that updates the snapshot, and the token is checked again against
 /// the new [`keys`](KeySource::keys). A source must rate-limit its own refetches (a client can
 /// send any `kid`): return `None` when a refetch is not allowed now.
+///
+/// An empty snapshot means "no keys loaded yet": `refresh` is then called for any well-formed
+/// token (with an empty `kid` when the token has none), and a token that gets no refetch is
+/// answered 503 [`ServiceUnavailable`](ErrorKind::ServiceUnavailable).
+///
+/// # Example
+///
+/// ```
+/// use std::sync::{Arc, RwLock};
+/// use jsonwebtoken::Algorithm;
+/// use tower_shield::auth::{jwt::{Jwt, KeySource}, Verdict, VerifyingKey};
+/// use tower_shield::ErrorKind;
+///
+/// /// Keys an operator swaps at run time (a file watcher, an admin endpoint...).
+/// #[derive(Clone, Debug)]
+/// struct Swappable(Arc<RwLock<Arc<[VerifyingKey]>>>);
+///
+/// impl KeySource for Swappable {
+///     fn keys(&self) -> Arc<[VerifyingKey]> {
+///         Arc::clone(&self.0.read().unwrap()) // a shared snapshot: cheap
+///     }
+/// }
+///
+/// const SECRET: &[u8] = b"an example secret of at least 32 bytes!!";
+/// let source = Swappable(Arc::new(RwLock::new(Arc::from(Vec::new()))));
+/// let jwt = Jwt::builder()
+///     .with_key_source(source.clone())
+///     .issuer("https://issuer.example")
+///     .audience("orders-api")
+///     .build()
+///     .unwrap();
+/// # let claims = serde_json::json!({
+/// #     "iss": "https://issuer.example", "aud": "orders-api", "sub": "alice",
+/// #     "exp": 4_000_000_000u64,
+/// # });
+/// # let key = jsonwebtoken::EncodingKey::from_secret(SECRET);
+/// # let header = jsonwebtoken::Header::new(Algorithm::HS256);
+/// # let token = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+/// let Verdict::Rejected(error) = jwt.verify(&token) else { panic!("not rejected") };
+/// assert_eq!(error.kind(), ErrorKind::ServiceUnavailable); // no keys yet: 503
+///
+/// let key = VerifyingKey::from_secret(Algorithm::HS256, SECRET).unwrap();
+/// *source.0.write().unwrap() = Arc::from(vec![key]);
+/// assert!(matches!(jwt.verify(&token), Verdict::Authenticated(_)));
+/// ```
 pub trait KeySource: fmt::Debug + Send + Sync + 'static {
     /// The current keys.
     fn keys(&self) -> Arc<[VerifyingKey]>;
@@ -106,6 +151,30 @@ pub trait KeySource: fmt::Debug + Send + Sync + 'static {
 }
 
 /// A fixed set of keys.
+///
+/// # Example
+///
+/// ```
+/// use jsonwebtoken::Algorithm;
+/// use tower_shield::auth::{jwt::{Jwt, KeySource, StaticKeys}, VerifyingKey};
+///
+/// let current = b"the current secret, at least 32 bytes long";
+/// let next = b"the next secret, also at least 32 bytes long";
+/// let keys = StaticKeys::new([
+///     VerifyingKey::from_secret(Algorithm::HS256, current).unwrap().with_kid("2026-01"),
+///     VerifyingKey::from_secret(Algorithm::HS256, next).unwrap().with_kid("2026-02"),
+/// ]);
+/// let snapshot = keys.keys(); // what a `Jwt` checks tokens against
+/// assert_eq!(snapshot.len(), 2);
+/// assert_eq!(snapshot[1].kid(), Some("2026-02"));
+///
+/// let jwt = Jwt::builder()
+///     .with_key_source(keys)
+///     .issuer("https://issuer.example")
+///     .audience("orders-api")
+///     .build();
+/// assert!(jwt.is_ok());
+/// ```
 #[derive(Clone, Debug)]
 pub struct StaticKeys {
     keys: Arc<[VerifyingKey]>,
@@ -149,6 +218,32 @@ struct Inner {
 }
 
 /// Builds a [`Jwt`]; see [`Jwt::builder`].
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_shield::auth::{jwt::Jwt, MemoryRevocation};
+///
+/// let builder = |key: &[u8]| Jwt::builder().hs256_secret(key).issuer("https://issuer.example");
+/// let secret = b"an example secret of at least 32 bytes!!";
+/// // An audience is required (or `insecure_skip_audience`).
+/// assert!(builder(secret).build().is_err());
+///
+/// let jwt = builder(secret)
+///     .audience("orders-api")
+///     .require_typ("at+jwt") // RFC 9068 access tokens only, no ID tokens
+///     .leeway(Duration::from_secs(30))
+///     .max_lifetime(Duration::from_secs(3600))
+///     .tenant_claim("org")
+///     .with_revocation(MemoryRevocation::new())
+///     .build()
+///     .unwrap();
+/// assert_eq!(jwt.cached_tokens(), 0);
+///
+/// // A secret shorter than the hash output (32 bytes for HS256) is refused.
+/// assert!(builder(b"too short").audience("orders-api").build().is_err());
+/// ```
 #[must_use]
 pub struct JwtBuilder {
     keys: Vec<VerifyingKey>,

@@ -18,6 +18,31 @@ use crate::{
 pub type BoxRevocationFuture<T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'static>>;
 
 /// The facts about a verified token that revocation is decided on.
+///
+/// # Example
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use tower_shield::auth::revocation::{RevocationCheck, RevocationQuery};
+/// use tower_shield::auth::{MemoryRevocation, Revocation};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let store = MemoryRevocation::new();
+/// let now = SystemTime::now();
+/// // "Log out everywhere" for alice: every token issued before now.
+/// store.revoke_subject("alice", now, Duration::from_secs(3600)).await.unwrap();
+///
+/// let issued_at = Some(now - Duration::from_secs(60));
+/// let old = RevocationQuery { jti: Some("token-1"), subject: "alice", issued_at };
+/// assert!(matches!(store.check(&old), RevocationCheck::Ready(Ok(true))));
+/// // A token without `iat` is covered too; one issued later is not.
+/// let no_iat = RevocationQuery { issued_at: None, ..old };
+/// assert!(matches!(store.check(&no_iat), RevocationCheck::Ready(Ok(true))));
+/// let fresh = RevocationQuery { issued_at: Some(now + Duration::from_secs(60)), ..old };
+/// assert!(matches!(store.check(&fresh), RevocationCheck::Ready(Ok(false))));
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub struct RevocationQuery<'a> {
     /// The token's `jti`, if any.
@@ -30,6 +55,33 @@ pub struct RevocationQuery<'a> {
 }
 
 /// The answer of [`Revocation::check`]: ready now (a memory store) or after I/O (Redis).
+///
+/// # Example
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use tower_shield::auth::revocation::{RevocationCheck, RevocationQuery};
+/// use tower_shield::auth::{MemoryRevocation, Revocation};
+/// use tower_shield::Error;
+///
+/// /// The answer, whether the store has it at hand or needs I/O.
+/// async fn is_revoked(check: RevocationCheck) -> Result<bool, Error> {
+///     match check {
+///         RevocationCheck::Ready(answer) => answer,
+///         RevocationCheck::Pending(future) => future.await,
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Error> {
+/// let store = MemoryRevocation::new();
+/// let query = RevocationQuery { jti: Some("token-1"), subject: "alice", issued_at: None };
+/// assert!(!is_revoked(store.check(&query)).await?);
+/// store.revoke_jti("token-1", SystemTime::now() + Duration::from_secs(600)).await?;
+/// assert!(is_revoked(store.check(&query)).await?);
+/// # Ok(())
+/// # }
+/// ```
 pub enum RevocationCheck {
     /// `Ok(true)`: revoked.
     Ready(Result<bool, Error>),
@@ -51,6 +103,39 @@ impl fmt::Debug for RevocationCheck {
 ///
 /// A store that cannot answer must fail closed: [`Revocation::check`] returns an
 /// [`ErrorKind::ServiceUnavailable`] error, answered 503.
+///
+/// # Example
+///
+/// ```
+/// use std::{collections::HashSet, time::{Duration, SystemTime}};
+/// use tower_shield::auth::revocation::{BoxRevocationFuture, RevocationCheck, RevocationQuery};
+/// use tower_shield::auth::{jwt::Jwt, Revocation};
+/// use tower_shield::Error;
+///
+/// /// A fixed deny-list of token ids, loaded at startup.
+/// #[derive(Debug)]
+/// struct DenyList(HashSet<String>);
+///
+/// impl Revocation for DenyList {
+///     fn check(&self, query: &RevocationQuery<'_>) -> RevocationCheck {
+///         RevocationCheck::Ready(Ok(query.jti.is_some_and(|jti| self.0.contains(jti))))
+///     }
+///     fn revoke_jti(&self, _: &str, _: SystemTime) -> BoxRevocationFuture<()> {
+///         Box::pin(async { Err(Error::internal("the deny-list is read-only")) })
+///     }
+///     fn revoke_subject(&self, _: &str, _: SystemTime, _: Duration) -> BoxRevocationFuture<()> {
+///         Box::pin(async { Err(Error::internal("the deny-list is read-only")) })
+///     }
+/// }
+///
+/// let deny = DenyList(HashSet::from(["leaked-token".to_owned()]));
+/// let query = RevocationQuery { jti: Some("leaked-token"), subject: "alice", issued_at: None };
+/// assert!(matches!(deny.check(&query), RevocationCheck::Ready(Ok(true))));
+/// # let secret = b"an example secret of at least 32 bytes!!";
+/// let builder = Jwt::builder().hs256_secret(secret).issuer("https://issuer.example");
+/// let jwt = builder.audience("orders-api").with_revocation(deny).build().unwrap();
+/// # let _ = jwt;
+/// ```
 pub trait Revocation: fmt::Debug + Send + Sync + 'static {
     /// Whether the token described by `query` is revoked.
     fn check(&self, query: &RevocationQuery<'_>) -> RevocationCheck;
@@ -73,6 +158,36 @@ pub trait Revocation: fmt::Debug + Send + Sync + 'static {
 ///
 /// When full, expired entries are dropped first; if it is still full, `revoke_*` fails rather
 /// than forget a revocation. Clones share the store.
+///
+/// # Example
+///
+/// ```
+/// use tower_shield::auth::{jwt::Jwt, MemoryRevocation, Verdict};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// const SECRET: &[u8] = b"an example secret of at least 32 bytes!!";
+/// let store = MemoryRevocation::new();
+/// let jwt = Jwt::builder()
+///     .hs256_secret(SECRET)
+///     .issuer("https://issuer.example")
+///     .audience("orders-api")
+///     .with_revocation(store.clone()) // clones share the store
+///     .build()
+///     .unwrap();
+/// # let claims = serde_json::json!({
+/// #     "iss": "https://issuer.example", "aud": "orders-api", "sub": "alice", "jti": "token-1",
+/// #     "exp": 4_000_000_000u64,
+/// # });
+/// # let key = jsonwebtoken::EncodingKey::from_secret(SECRET);
+/// # let token = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap();
+/// assert!(matches!(jwt.verify(&token), Verdict::Authenticated(_)));
+///
+/// jwt.revoke(&token).await.unwrap(); // by its `jti`, until its `exp`
+/// assert_eq!(store.len(), 1);
+/// assert!(matches!(jwt.verify(&token), Verdict::Rejected(_)));
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct MemoryRevocation {
     inner: Arc<MemoryInner>,
@@ -328,6 +443,34 @@ return 1
     ///
     /// Every call has a timeout (default 250 ms). When Redis fails or is slow, the check
     /// fails closed: 503 `service_unavailable`, logged as a `backend.failure` security event.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use std::time::{Duration, SystemTime};
+    /// use redis::aio::ConnectionManager;
+    /// use tower_shield::auth::{jwt::Jwt, RedisRevocation, Revocation};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = redis::Client::open("redis://127.0.0.1:6379")?;
+    /// let revocation = RedisRevocation::new(ConnectionManager::new(client).await?)
+    ///     .prefix("orders-api:revoked:")
+    ///     .timeout(Duration::from_millis(100));
+    ///
+    /// // "Log out everywhere" for alice, seen by every instance of the service.
+    /// revocation.revoke_subject("alice", SystemTime::now(), Duration::from_secs(3600)).await?;
+    ///
+    /// let jwt = Jwt::builder()
+    ///     .hs256_secret(b"an example secret of at least 32 bytes!!")
+    ///     .issuer("https://issuer.example")
+    ///     .audience("orders-api")
+    ///     .with_revocation(revocation)
+    ///     .build()?;
+    /// # let _ = jwt;
+    /// # Ok(())
+    /// # }
+    /// ```
     #[derive(Clone)]
     pub struct RedisRevocation {
         connection: ConnectionManager,
