@@ -89,7 +89,16 @@ fn invalid(issue: &'static str, reason: &'static str) -> Error {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Caller {
     /// An authenticated principal (or its API key).
-    Principal { kind: &'static str, tenant: Option<String>, id: String },
+    Principal {
+        kind: &'static str,
+        /// How the caller authenticated and who vouched for it: the auth method, the token's
+        /// `iss` and its client id. A subject is only unique within one issuer (OIDC), and an
+        /// introspected client without `sub` is named by its `client_id`: without these, two
+        /// callers with the same subject string would share records.
+        origin: [Option<String>; 3],
+        tenant: Option<String>,
+        id: String,
+    },
     /// An anonymous caller, scoped by the configured hook.
     Anonymous(String),
 }
@@ -97,11 +106,23 @@ pub(crate) enum Caller {
 impl Caller {
     pub(crate) fn of(principal: &Principal) -> Self {
         let tenant = principal.tenant().map(str::to_owned);
-        match (principal.auth_method(), principal.key_id()) {
+        let method = principal.auth_method();
+        let issuer = principal.claim("iss").and_then(serde_json::Value::as_str);
+        let origin = [
+            Some(method.as_str().to_owned()),
+            issuer.map(str::to_owned),
+            principal.client_id().map(str::to_owned),
+        ];
+        match (method, principal.key_id()) {
             (AuthMethod::ApiKey, Some(key_id)) => {
-                Self::Principal { kind: "api_key", tenant, id: key_id.to_owned() }
+                Self::Principal { kind: "api_key", origin, tenant, id: key_id.to_owned() }
             }
-            _ => Self::Principal { kind: "subject", tenant, id: principal.subject().to_owned() },
+            _ => Self::Principal {
+                kind: "subject",
+                origin,
+                tenant,
+                id: principal.subject().to_owned(),
+            },
         }
     }
 
@@ -123,12 +144,14 @@ fn field(hasher: &mut Sha256, bytes: &[u8]) {
 /// SHA-256 over the caller, the method, the path and the client's key.
 pub(crate) fn record_key(caller: &Caller, method: &Method, path: &str, key: &[u8]) -> RecordKey {
     let mut hasher = Sha256::new();
-    field(&mut hasher, b"tower-shield/idempotency/v1");
+    field(&mut hasher, b"tower-shield/idempotency/v2");
     match caller {
-        Caller::Principal { kind, tenant, id } => {
+        Caller::Principal { kind, origin, tenant, id } => {
             field(&mut hasher, kind.as_bytes());
-            field(&mut hasher, tenant.as_deref().unwrap_or("").as_bytes());
-            hasher.update([u8::from(tenant.is_some())]);
+            for part in origin.iter().chain([tenant]) {
+                field(&mut hasher, part.as_deref().unwrap_or("").as_bytes());
+                hasher.update([u8::from(part.is_some())]);
+            }
             field(&mut hasher, id.as_bytes());
         }
         Caller::Anonymous(scope) => {
@@ -142,13 +165,24 @@ pub(crate) fn record_key(caller: &Caller, method: &Method, path: &str, key: &[u8
     RecordKey::from_bytes(hasher.finalize().into())
 }
 
+/// The URI the client sent. Under an axum `Router::nest` the router strips the nest's prefix
+/// (`/accounts/{id}`) from the URI the inner routes see, and keeps the whole in `OriginalUri`:
+/// records of `/accounts/1/transfers` and `/accounts/2/transfers` must not meet.
+pub(crate) fn original_uri(parts: &Parts) -> &http::Uri {
+    #[cfg(feature = "axum")]
+    if let Some(axum::extract::OriginalUri(uri)) = parts.extensions.get() {
+        return uri;
+    }
+    &parts.uri
+}
+
 /// SHA-256 over the method, the path and query, the selected headers (every value, in order)
 /// and a SHA-256 of the body.
 pub(crate) fn fingerprint(parts: &Parts, headers: &[HeaderName], body: &[u8]) -> Fingerprint {
     let mut hasher = Sha256::new();
     field(&mut hasher, b"tower-shield/idempotency/fingerprint/v1");
     field(&mut hasher, parts.method.as_str().as_bytes());
-    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let target = original_uri(parts).path_and_query().map_or("/", |pq| pq.as_str());
     field(&mut hasher, target.as_bytes());
     for name in headers {
         field(&mut hasher, name.as_str().as_bytes());
@@ -237,13 +271,26 @@ mod tests {
 
     #[test]
     fn record_keys_separate_callers_routes_and_keys() {
-        let alice = Caller::Principal { kind: "subject", tenant: None, id: "alice".into() };
-        let bob = Caller::Principal { kind: "subject", tenant: None, id: "bob".into() };
+        let caller = |id: &str, origin: [Option<&str>; 3]| Caller::Principal {
+            kind: "subject",
+            origin: origin.map(|part| part.map(str::to_owned)),
+            tenant: None,
+            id: id.into(),
+        };
+        let alice = caller("alice", [Some("jwt"), Some("https://idp-a.test"), None]);
+        let bob = caller("bob", [Some("jwt"), Some("https://idp-a.test"), None]);
+        let other_issuer = caller("alice", [Some("jwt"), Some("https://idp-b.test"), None]);
+        let no_issuer = caller("alice", [Some("jwt"), None, None]);
+        let empty_issuer = caller("alice", [Some("jwt"), Some(""), None]);
+        let with_client = caller("alice", [Some("jwt"), Some("https://idp-a.test"), Some("app")]);
         let anon = Caller::Anonymous("alice".into());
         let base = record_key(&alice, &Method::POST, "/orders", b"k");
         assert_eq!(base, record_key(&alice, &Method::POST, "/orders", b"k"));
         for other in [
             record_key(&bob, &Method::POST, "/orders", b"k"),
+            record_key(&other_issuer, &Method::POST, "/orders", b"k"),
+            record_key(&no_issuer, &Method::POST, "/orders", b"k"),
+            record_key(&with_client, &Method::POST, "/orders", b"k"),
             record_key(&anon, &Method::POST, "/orders", b"k"),
             record_key(&alice, &Method::PATCH, "/orders", b"k"),
             record_key(&alice, &Method::POST, "/orders/1", b"k"),
@@ -253,5 +300,10 @@ mod tests {
         ] {
             assert_ne!(base, other);
         }
+        // An absent issuer and an empty one differ.
+        assert_ne!(
+            record_key(&no_issuer, &Method::POST, "/orders", b"k"),
+            record_key(&empty_issuer, &Method::POST, "/orders", b"k")
+        );
     }
 }

@@ -18,12 +18,15 @@
 //!   echoed or logged.
 //! - **Scope.** Keys belong to a caller and a route, so one caller can never replay another's
 //!   response. The caller is the [`Principal`](crate::principal::Principal) in the request
-//!   extensions: its API key id for API keys, else its subject (with its tenant). Anonymous
-//!   callers are refused with 401 `unauthenticated` (the layer belongs behind authentication)
-//!   unless an [`AnonymousScope`] is configured. The route is the method and the **concrete
-//!   path** (not a router template): the same key sent to `/orders/1/pay` and `/orders/2/pay`
-//!   names two independent records, so a response for one resource is never replayed for
-//!   another.
+//!   extensions: its API key id for API keys, else its subject (with its tenant), in both
+//!   cases with how it authenticated: the auth method, the token's `iss` claim and its client
+//!   id (a subject is only unique within its issuer). Anonymous callers are refused with 401
+//!   `unauthenticated` (the layer belongs behind authentication) unless an
+//!   [`AnonymousScope`] is configured. The route is the method and the **concrete path** (not
+//!   a router template): the same key sent to `/orders/1/pay` and `/orders/2/pay` names two
+//!   independent records, so a response for one resource is never replayed for another. Under
+//!   an axum `Router::nest` the path is the whole one the client sent (axum's `OriginalUri`),
+//!   not the part the nested router sees.
 //! - **Fingerprint.** Method, path and query, a SHA-256 of the body (read up to
 //!   [`max_request_body`](IdempotencyLayer::max_request_body), else 413) and optionally
 //!   [selected headers](IdempotencyLayer::add_fingerprint_header).
@@ -49,6 +52,10 @@
 //! [`max_response_body`](IdempotencyLayer::max_response_body) (default 64 KiB) is served in
 //! full but not stored, its lock released, and logged (`idempotency.not_stored`). A lock left
 //! by a crashed instance expires after the [lock TTL](IdempotencyLayer::lock_ttl).
+//!
+//! To be stored, a response with a key is held back until its body ends or passes
+//! `max_response_body`: a streamed response (server-sent events, a long download) reaches
+//! the client only then. Keep streaming routes out of the layer.
 //!
 //! # Stores
 //!

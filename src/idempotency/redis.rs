@@ -190,8 +190,12 @@ fn owner(token: LockToken) -> [u8; 17] {
     owner
 }
 
+/// A TTL in milliseconds for `PX`/`PEXPIRE`, at least 1 and at most what Redis accepts (it adds
+/// the TTL to its clock in a signed 64-bit number, and refuses a sum that overflows): a
+/// `Duration::MAX` ("keep for ever") must not make every write fail.
 fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX).max(1)
+    const MAX: u64 = i64::MAX as u64 / 2;
+    u64::try_from(duration.as_millis()).unwrap_or(MAX).clamp(1, MAX)
 }
 
 fn parse_existing(value: &[u8], pttl: i64) -> Result<Begin, StoreError> {

@@ -11,7 +11,7 @@ use tower_service::Service;
 
 use super::{
     future::{run, Ctx, ResponseFuture},
-    key::{parse_key, record_key, Caller},
+    key::{original_uri, parse_key, record_key, Caller},
     layer::Config,
     IdempotencyLayer, RequestBody, ResponseBody,
 };
@@ -108,7 +108,7 @@ where
                 }
             },
         };
-        let record = record_key(&caller, &parts.method, parts.uri.path(), &key);
+        let record = record_key(&caller, &parts.method, original_uri(&parts).path(), &key);
         let ctx = Ctx { config: Arc::clone(config), record, caller: caller.kind() };
         // The service that was polled ready serves this request; the clone stays for the next.
         let clone = self.inner.clone();

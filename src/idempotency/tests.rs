@@ -225,7 +225,28 @@ async fn suite_scoping(layer: IdempotencyLayer) {
     let mut request = post(Some("k"), "{}", "alice");
     *request.uri_mut() = "/orders/2/pay".parse().unwrap();
     assert_eq!(send(&svc, request).await.2, "order-7");
-    assert_eq!(runs.load(Ordering::SeqCst), 7);
+
+    // A subject is only unique within its issuer, method and client: the same `sub` from
+    // another issuer, another auth method or another client is another caller.
+    let vouched = |principal: Principal| {
+        let mut request = post(Some("k"), "{}", "alice");
+        request.extensions_mut().insert(principal);
+        request
+    };
+    let jwt = |issuer: &str| {
+        Principal::builder("alice").auth_method(AuthMethod::Jwt).claim("iss", issuer).build()
+    };
+    assert_eq!(send(&svc, vouched(jwt("https://idp-a.test"))).await.2, "order-8");
+    assert_eq!(send(&svc, vouched(jwt("https://idp-b.test"))).await.2, "order-9");
+    assert_eq!(send(&svc, vouched(jwt("https://idp-a.test"))).await.2, "order-8");
+    let introspected = Principal::builder("alice").auth_method(AuthMethod::Introspection);
+    assert_eq!(send(&svc, vouched(introspected.build())).await.2, "order-10");
+    let client = |id: &str| {
+        Principal::builder("alice").auth_method(AuthMethod::Introspection).client_id(id).build()
+    };
+    assert_eq!(send(&svc, vouched(client("alice"))).await.2, "order-11");
+    assert_eq!(send(&svc, vouched(client("web-app"))).await.2, "order-12");
+    assert_eq!(runs.load(Ordering::SeqCst), 12);
 }
 
 async fn suite_server_error_releases(layer: IdempotencyLayer) {
@@ -819,6 +840,34 @@ mod redis {
         assert!(record[0] > 30_000 && record[0] <= 3_600_000, "record PTTL {}", record[0]);
     }
 
+    /// "Keep for ever" (`Duration::MAX`) is clamped to what Redis accepts, instead of making
+    /// every lock or completion fail (which would run every retry again).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn huge_ttls_still_store_and_replay() {
+        let Some(url) = redis_url() else { return };
+        let prefix = unique_prefix("idem-huge-ttl");
+        let runs = Arc::new(AtomicUsize::new(0));
+        let svc = IdempotencyLayer::new()
+            .with_store(store(&url, &prefix))
+            .ttl(Duration::MAX)
+            .lock_ttl(Duration::MAX)
+            .layer(counting(&runs));
+        assert_eq!(send(&svc, post(Some("k"), "{}", "alice")).await.0, StatusCode::CREATED);
+        let (status, replayed, body) = send(&svc, post(Some("k"), "{}", "alice")).await;
+        assert_eq!(
+            (status, replayed.as_deref(), &body[..]),
+            (StatusCode::CREATED, Some("true"), &b"order-1"[..])
+        );
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        let ttls = ttls(&url, &prefix).await;
+        assert!(ttls.len() == 1 && ttls[0] > 0, "one record, with a TTL: {ttls:?}");
+        // This record would outlive the test by centuries: delete it.
+        let client = ::redis::Client::open(url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let keys: Vec<String> = conn.keys(format!("{prefix}*")).await.unwrap();
+        let _: () = conn.del(keys).await.unwrap();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_lock_that_expired_cannot_be_completed_or_released_by_its_old_owner() {
         let Some(url) = redis_url() else { return };
@@ -896,4 +945,43 @@ mod redis {
     fn invalid_urls_are_config_errors() {
         assert!(RedisStore::new("not a url").is_err());
     }
+}
+
+/// Under `Router::nest`, the inner routes see the path without the nest's prefix; the records
+/// of two nested resources must not meet (axum's `OriginalUri` has the whole path).
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn nested_routes_keep_their_resources_apart() {
+    use axum::{extract::Path, routing::post, Router};
+
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&runs);
+    let transfers = Router::new()
+        .route(
+            "/transfers",
+            post(move |Path(account): Path<String>| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                async move { (StatusCode::CREATED, format!("transfer from {account}")) }
+            }),
+        )
+        .layer(IdempotencyLayer::new());
+    let app = Router::new().nest("/accounts/{account}", transfers);
+    let transfer = |account: &str| {
+        let mut request = Request::post(format!("/accounts/{account}/transfers"))
+            .header("idempotency-key", "k")
+            .body(axum::body::Body::from(r#"{"amount":100}"#))
+            .unwrap();
+        request.extensions_mut().insert(Principal::builder("alice").build());
+        request
+    };
+    for (account, expected) in [("1", "transfer from 1"), ("2", "transfer from 2")] {
+        let response = app.clone().oneshot(transfer(account)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        assert!(response.headers().get("idempotent-replayed").is_none(), "{account}");
+        assert_eq!(to_bytes(response.into_body()).await, expected);
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    // A retry on account 1 is still a replay.
+    let retry = app.oneshot(transfer("1")).await.unwrap();
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
 }
