@@ -370,7 +370,9 @@ fn convert(jwk: &Jwk, config: &KeySetConfig) -> Result<VerifyingKey, &'static st
             let n = decode(&rsa.n)?;
             let e = decode(&rsa.e)?;
             let n = strip_leading_zeros(&n);
-            let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
+            // An empty modulus (all zeros) has no bits, and must not underflow.
+            let bits =
+                (n.len() * 8).saturating_sub(n.first().map_or(0, |b| b.leading_zeros() as usize));
             if !(2048..=8192).contains(&bits) {
                 return Err("RSA modulus outside 2048..=8192 bits");
             }
@@ -656,6 +658,9 @@ pub(crate) mod tests {
                 json!(URL_SAFE_NO_PAD.encode([0xff; 128])),
             ),
             with(jwk(Algorithm::RS256, RSA_PEM, "x"), "e", json!("")),
+            // A modulus of zero bytes, or of zeros only: no bits at all.
+            with(jwk(Algorithm::RS256, RSA_PEM, "x"), "n", json!("AA")),
+            with(jwk(Algorithm::RS256, RSA_PEM, "x"), "n", json!("")),
             json!({"kty": "EC", "kid": 7}),
             json!({"kty": "WAT", "kid": "x"}),
             json!("not an object"),

@@ -964,13 +964,17 @@ fn verify_signature<'a, 'k>(
 }
 
 /// A NumericDate: a non-negative number of seconds; fractions are truncated.
+/// A NumericDate in whole seconds, up to the last second of year 9999: later values are not
+/// dates (and would overflow a `SystemTime` built from them).
 fn numeric_date(value: &Value) -> Option<u64> {
-    match value {
+    const MAX: u64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+    let secs = match value {
         Value::Number(n) => n.as_u64().or_else(|| {
             n.as_f64().filter(|f| f.is_finite() && *f >= 0.0 && *f < 1e15).map(|f| f as u64)
         }),
         _ => None,
-    }
+    };
+    secs.filter(|&secs| secs <= MAX)
 }
 
 fn strings(value: Option<&Value>) -> Vec<String> {

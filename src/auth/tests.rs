@@ -930,6 +930,24 @@ fn config_errors() {
     assert!(!debug.contains("0123456789abcdef"), "{debug}");
 }
 
+/// NumericDates past year 9999 are not dates: an `exp` there is refused, an `auth_time` there
+/// ignored (no step-up then), and neither may overflow into a panic (a 500).
+#[test]
+fn numeric_dates_past_year_9999_are_not_dates() {
+    let jwt = builder(&FakeClock::new()).hs256_secret(SECRET).build().unwrap();
+    for huge in [json!(u64::MAX), json!(253_402_300_800u64), json!(9.9e14)] {
+        let mut c = claims();
+        c["exp"] = huge.clone();
+        assert_rejected(&jwt, &hs256(&c), "jwt: exp is not a NumericDate");
+        let mut c = claims();
+        c["auth_time"] = huge;
+        assert_eq!(assert_accepted(&jwt, &hs256(&c)).auth_time(), None);
+    }
+    let mut c = claims();
+    c["exp"] = json!(253_402_300_799u64); // 9999-12-31T23:59:59Z, the last date
+    assert_accepted(&jwt, &hs256(&c));
+}
+
 #[test]
 fn claims_map_into_the_principal() {
     let jwt = builder(&FakeClock::new())

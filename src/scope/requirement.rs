@@ -4,6 +4,10 @@ use http::{HeaderMap, HeaderName, Uri};
 
 use crate::{clock::Clock, principal::Principal};
 
+/// How far ahead of the clock an `auth_time` may be and still count as a login just now: the
+/// clock skew the JWT verifier allows by default.
+const MAX_AUTH_TIME_SKEW: Duration = Duration::from_secs(60);
+
 /// What a caller must hold to pass a [`ScopeLayer`](super::ScopeLayer).
 ///
 /// Built from leaves (scopes, roles, step-up conditions, tenant isolation) combined with
@@ -134,8 +138,8 @@ impl Requirement {
 
     /// Step-up on freshness (RFC 9470): the user authenticated at most `max_age` ago, by the
     /// principal's [`auth_time`](Principal::auth_time) and the layer's clock. A principal
-    /// without `auth_time` does not meet it. An `auth_time` in the future (clock skew) counts
-    /// as just now.
+    /// without `auth_time` does not meet it. An `auth_time` up to 60 s in the future (clock
+    /// skew) counts as just now; one further ahead does not meet it.
     pub fn max_age(max_age: Duration) -> Self {
         Self { node: Node::MaxAge(max_age) }
     }
@@ -249,8 +253,12 @@ impl Node {
             }
             Node::MaxAge(max_age) => {
                 let fresh = principal.auth_time().is_some_and(|at| {
-                    // An auth_time ahead of our clock is skew: the login is as fresh as can be.
-                    facts.clock.now().duration_since(at).map_or(true, |age| age <= *max_age)
+                    match facts.clock.now().duration_since(at) {
+                        Ok(age) => age <= *max_age,
+                        // Ahead of our clock: fresh within clock skew. Further ahead is no
+                        // time a login happened, and must not stay "fresh" for a token's life.
+                        Err(ahead) => ahead.duration() <= MAX_AUTH_TIME_SKEW,
+                    }
                 });
                 pass(fresh, Verdict::StepUp)
             }

@@ -234,9 +234,15 @@ async fn step_up_on_max_age_follows_the_fake_clock() {
     let response = send(&layer, Some(principal(&[], &[]))).await;
     assert_eq!(kind(&response), Some(ErrorKind::StepUpRequired));
 
-    // auth_time ahead of the clock (skew) counts as fresh.
-    let future = Principal::builder("u").auth_time(clock.now() + Duration::from_secs(30)).build();
-    assert_eq!(send(&layer, Some(future)).await.status(), StatusCode::OK);
+    // auth_time ahead of the clock by clock skew (up to 60 s) counts as fresh.
+    let ahead = |secs| Principal::builder("u").auth_time(clock.now() + Duration::from_secs(secs));
+    assert_eq!(send(&layer, Some(ahead(30).build())).await.status(), StatusCode::OK);
+    assert_eq!(send(&layer, Some(ahead(60).build())).await.status(), StatusCode::OK);
+    // Further ahead is no login time: it must not stay fresh for the token's whole life.
+    for secs in [61, 10 * 365 * 24 * 3600] {
+        let response = send(&layer, Some(ahead(secs).build())).await;
+        assert_eq!(kind(&response), Some(ErrorKind::StepUpRequired), "{secs} s ahead");
+    }
 }
 
 #[tokio::test]
