@@ -228,6 +228,24 @@ async fn active_results_are_cached_no_longer_than_the_ttl() {
     assert_eq!(server.calls(), 4);
 }
 
+/// "Cache for ever" with an answer without `exp` (or a negative TTL as long) must not overflow
+/// the cache deadline (a panic, then 503 for that token for good).
+#[tokio::test]
+async fn unbounded_cache_ttls_do_not_overflow() {
+    let (server, endpoint) = serve().await;
+    let clock = FakeClock::new();
+    let introspection = builder(&endpoint, &clock)
+        .cache_ttl(Duration::MAX)
+        .negative_ttl(Duration::MAX)
+        .build()
+        .unwrap();
+    assert!(introspection.introspect("active-alice").await.is_ok());
+    assert!(introspection.introspect("active-alice").await.is_ok());
+    assert!(introspection.introspect("inactive-eve").await.is_err());
+    assert!(introspection.introspect("inactive-eve").await.is_err());
+    assert_eq!(server.calls(), 2, "both answers cached");
+}
+
 #[tokio::test]
 async fn concurrent_requests_with_one_token_share_one_call() {
     let (server, endpoint) = serve().await;

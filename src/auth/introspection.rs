@@ -494,14 +494,17 @@ impl Inner {
                 if !lifetime.is_zero() {
                     self.active.insert(
                         digest,
-                        Active { principal: principal.clone(), until: now + lifetime },
+                        Active {
+                            principal: principal.clone(),
+                            until: now.saturating_add(lifetime),
+                        },
                     );
                 }
                 Ok(principal)
             }
             Err(reason) => {
                 if !self.config.negative_ttl.is_zero() {
-                    self.rejected.insert(digest, now + self.config.negative_ttl);
+                    self.rejected.insert(digest, now.saturating_add(self.config.negative_ttl));
                 }
                 Err(invalid(reason))
             }
@@ -584,7 +587,13 @@ impl Inner {
         }
         let string =
             |name: &str| answer.get(name).and_then(Value::as_str).filter(|s| !s.is_empty());
-        let subject = string("sub").or_else(|| string("client_id")).ok_or("no subject")?;
+        // `client_id` names the caller only when there is no `sub` at all (a client
+        // credentials token): a `sub` that is not a non-empty string is malformed, and must not
+        // turn a user's token into its client.
+        let subject = match answer.get("sub") {
+            None => string("client_id").ok_or("no subject")?,
+            Some(_) => string("sub").ok_or("sub is not a non-empty string")?,
+        };
 
         let mut builder = Principal::builder(subject).auth_method(AuthMethod::Introspection);
         if let Some(scope) = answer.get("scope").and_then(Value::as_str) {
@@ -819,6 +828,13 @@ mod tests {
             introspection.inner.check(answer(json!({"active": true}))).unwrap_err(),
             "no subject"
         );
+        // Only an absent `sub` falls back: a malformed one is refused, not replaced by the
+        // client (a user's token would become its client's principal).
+        for sub in [json!(12345), json!(""), json!(null), json!(["alice"])] {
+            let answer = answer(json!({"active": true, "sub": sub, "client_id": "web-app"}));
+            let error = introspection.inner.check(answer).unwrap_err();
+            assert_eq!(error, "sub is not a non-empty string", "{sub}");
+        }
     }
 
     #[test]
