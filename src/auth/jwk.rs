@@ -33,8 +33,9 @@
 //! [`KeySet::find`] takes the token header's `kid` and `alg`. A key matches only if both its
 //! `kid` and its algorithm match, so a token can never choose how a key is used. A token
 //! without `kid` matches only when the set holds **exactly one** key for its algorithm; with
-//! several candidates it matches none (trying each key in turn would let a token pick among
-//! them).
+//! several candidates it matches none. (A [`Jwt`](super::jwt::Jwt) verifying against the set
+//! does not use `find`: it tries each key of the token's algorithm when the token has no
+//! `kid`, as for keys configured directly; see the [`jwt`](super::jwt) module docs.)
 //!
 //! # Example
 //!

@@ -9,8 +9,9 @@
 //! 1. At most [`max_token_len`](JwtBuilder::max_token_len) bytes (8 KiB), checked before
 //!    any parsing.
 //! 2. Exactly three base64url segments; a JSON header without `crit`.
-//! 3. The header's `alg` names exactly the algorithm of the selected key (chosen by `kid`, or
-//!    every key of that algorithm when the token has no `kid`). `none`, in any case, matches no
+//! 3. The header's `alg` names exactly the algorithm of the selected key (chosen by `kid` and
+//!    `alg`, or every key of that algorithm in turn when the token has no `kid`: a forged
+//!    kid-less token costs one signature check per such key). `none`, in any case, matches no
 //!    key. Header `jwk`, `jku`, `x5u` and `x5c` are ignored: keys come only from configuration
 //!    or from the [`KeySource`].
 //! 4. The signature verifies.
@@ -941,12 +942,15 @@ fn verify_signature<'a, 'k>(
     let alg = &*parsed.header.alg;
     let check = |key: &&VerifyingKey| key.verify(parsed.message.as_bytes(), parsed.signature);
     if let Some(kid) = parsed.header.kid.as_deref() {
-        let Some(key) = keys.iter().find(|k| k.kid() == Some(kid)) else {
+        // A JWK set may hold one `kid` under several algorithms: the key is the one with
+        // both the token's `kid` and its `alg`.
+        let mut with_kid = keys.iter().filter(|k| k.kid() == Some(kid)).peekable();
+        if with_kid.peek().is_none() {
             return KeyOutcome::UnknownKid(kid);
-        };
-        if alg_name(key.algorithm()) != Some(alg) {
-            return KeyOutcome::Rejected("jwt: alg does not match the key's algorithm");
         }
+        let Some(key) = with_kid.find(|k| alg_name(k.algorithm()) == Some(alg)) else {
+            return KeyOutcome::Rejected("jwt: alg does not match the key's algorithm");
+        };
         return if check(&key) {
             KeyOutcome::Verified(key)
         } else {
@@ -963,9 +967,9 @@ fn verify_signature<'a, 'k>(
     }
 }
 
-/// A NumericDate: a non-negative number of seconds; fractions are truncated.
-/// A NumericDate in whole seconds, up to the last second of year 9999: later values are not
-/// dates (and would overflow a `SystemTime` built from them).
+/// A NumericDate: a non-negative number of seconds (fractions are truncated), up to the last
+/// second of year 9999: later values are not dates (and would overflow a `SystemTime` built
+/// from them).
 fn numeric_date(value: &Value) -> Option<u64> {
     const MAX: u64 = 253_402_300_799; // 9999-12-31T23:59:59Z
     let secs = match value {

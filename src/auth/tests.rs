@@ -898,6 +898,33 @@ fn kid_selects_the_key() {
     assert_accepted(&jwt, &sign(None, RSA2_PRIVATE));
 }
 
+/// One `kid` under two algorithms (a JWK set may publish that): the key is the one with both
+/// the token's `kid` and its `alg`, and a third algorithm matches neither.
+#[test]
+fn a_kid_under_two_algorithms_selects_by_both() {
+    let jwt = builder(&FakeClock::new())
+        .key(VerifyingKey::from_pem(Algorithm::ES256, EC256_PUBLIC).unwrap().with_kid("k"))
+        .key(VerifyingKey::from_pem(Algorithm::EdDSA, ED_PUBLIC).unwrap().with_kid("k"))
+        .build()
+        .unwrap();
+    let sign = |alg: Algorithm, key: &EncodingKey| {
+        let mut header = jsonwebtoken::Header::new(alg);
+        header.kid = Some("k".into());
+        mint_with(&header, &claims(), key)
+    };
+    assert_accepted(
+        &jwt,
+        &sign(Algorithm::ES256, &EncodingKey::from_ec_pem(EC256_PRIVATE).unwrap()),
+    );
+    assert_accepted(&jwt, &sign(Algorithm::EdDSA, &EncodingKey::from_ed_pem(ED_PRIVATE).unwrap()));
+    let rsa = EncodingKey::from_rsa_pem(RSA_PRIVATE).unwrap();
+    assert_rejected(
+        &jwt,
+        &sign(Algorithm::RS256, &rsa),
+        "jwt: alg does not match the key's algorithm",
+    );
+}
+
 #[test]
 fn config_errors() {
     let short = Jwt::builder().issuer(ISS).audience(AUD).hs256_secret([1; 31]).build();
