@@ -46,6 +46,20 @@ impl RequestSpan {
     }
 }
 
+/// The URI the client sent. Under an axum `Router::nest` the router strips the nest's prefix
+/// (`/accounts/{id}`) from the URI the inner routes and their layers see, and keeps the whole
+/// in `OriginalUri`: decisions about a resource (its tenant, its idempotency record) must read
+/// the whole path, or two resources under one nest look alike.
+#[cfg_attr(not(any(feature = "idempotency", feature = "scope")), allow(dead_code))]
+pub(crate) fn original_uri<'a>(extensions: &'a Extensions, uri: &'a http::Uri) -> &'a http::Uri {
+    #[cfg(feature = "axum")]
+    if let Some(axum::extract::OriginalUri(original)) = extensions.get() {
+        return original;
+    }
+    let _ = extensions;
+    uri
+}
+
 /// The route of a request, for logs and scope tables: axum's matched route template when
 /// known (`/orders/{id}`), else the path; never the query.
 #[cfg_attr(

@@ -165,24 +165,15 @@ pub(crate) fn record_key(caller: &Caller, method: &Method, path: &str, key: &[u8
     RecordKey::from_bytes(hasher.finalize().into())
 }
 
-/// The URI the client sent. Under an axum `Router::nest` the router strips the nest's prefix
-/// (`/accounts/{id}`) from the URI the inner routes see, and keeps the whole in `OriginalUri`:
-/// records of `/accounts/1/transfers` and `/accounts/2/transfers` must not meet.
-pub(crate) fn original_uri(parts: &Parts) -> &http::Uri {
-    #[cfg(feature = "axum")]
-    if let Some(axum::extract::OriginalUri(uri)) = parts.extensions.get() {
-        return uri;
-    }
-    &parts.uri
-}
-
 /// SHA-256 over the method, the path and query, the selected headers (every value, in order)
 /// and a SHA-256 of the body.
 pub(crate) fn fingerprint(parts: &Parts, headers: &[HeaderName], body: &[u8]) -> Fingerprint {
     let mut hasher = Sha256::new();
     field(&mut hasher, b"tower-shield/idempotency/fingerprint/v1");
     field(&mut hasher, parts.method.as_str().as_bytes());
-    let target = original_uri(parts).path_and_query().map_or("/", |pq| pq.as_str());
+    let target = crate::observe::original_uri(&parts.extensions, &parts.uri)
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str());
     field(&mut hasher, target.as_bytes());
     for name in headers {
         field(&mut hasher, name.as_str().as_bytes());

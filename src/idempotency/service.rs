@@ -11,11 +11,13 @@ use tower_service::Service;
 
 use super::{
     future::{run, Ctx, ResponseFuture},
-    key::{original_uri, parse_key, record_key, Caller},
+    key::{parse_key, record_key, Caller},
     layer::Config,
     IdempotencyLayer, RequestBody, ResponseBody,
 };
-use crate::{error::Challenge, principal::Principal, BoxError, Error, ErrorKind};
+use crate::{
+    error::Challenge, observe::original_uri, principal::Principal, BoxError, Error, ErrorKind,
+};
 
 /// Makes writes safely retryable with the `Idempotency-Key` header.
 ///
@@ -108,7 +110,12 @@ where
                 }
             },
         };
-        let record = record_key(&caller, &parts.method, original_uri(&parts).path(), &key);
+        let record = record_key(
+            &caller,
+            &parts.method,
+            original_uri(&parts.extensions, &parts.uri).path(),
+            &key,
+        );
         let ctx = Ctx { config: Arc::clone(config), record, caller: caller.kind() };
         // The service that was polled ready serves this request; the clone stays for the next.
         let clone = self.inner.clone();

@@ -436,10 +436,11 @@ enum TenantSource {
 }
 
 impl Tenant {
-    /// The tenant is path segment `index` (0-based, leading `/` ignored) of the path the layer
-    /// sees. Under an axum [`nest`](https://docs.rs/axum/latest/axum/struct.Router.html#method.nest)
-    /// that path has the prefix stripped. The segment is percent-decoded before comparing; a
-    /// malformed escape never matches.
+    /// The tenant is path segment `index` (0-based, leading `/` ignored) of the path the
+    /// client sent. Under an axum [`nest`](https://docs.rs/axum/latest/axum/struct.Router.html#method.nest)
+    /// too: the index counts in the whole path (axum's `OriginalUri`), not in the part the
+    /// nested router sees. The segment is percent-decoded before comparing; a malformed escape
+    /// never matches.
     pub fn path_segment(index: usize) -> Self {
         Self { source: TenantSource::PathSegment(index), hide: true }
     }

@@ -118,7 +118,9 @@ pub(crate) fn decide<'c>(config: &'c Config, head: &Head<'_>) -> Option<&'c Reje
         denied("scope.denied", "unauthenticated", None, head, requirement);
         return Some(&config.unauthenticated);
     };
-    let facts = Facts { principal, clock: &*config.clock, uri: head.uri, headers: head.headers };
+    // The tenant's path segment counts in the path the client sent, also under a `nest`.
+    let uri = crate::observe::original_uri(head.extensions, head.uri);
+    let facts = Facts { principal, clock: &*config.clock, uri, headers: head.headers };
     let (verdict, alternative) = compiled.requirement.evaluate(&facts);
     let (event, outcome, rejection) = match verdict {
         Verdict::Allow => {

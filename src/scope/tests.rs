@@ -821,3 +821,32 @@ mod route_table {
         }
     }
 }
+
+/// Under `Router::nest` the tenant's segment counts in the whole path the client sent: the
+/// nested router's view (`/orders/acme`) would let the caller name its own tenant in a
+/// segment it controls.
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn tenant_segment_counts_in_the_whole_path_under_nest() {
+    use axum::{extract::Path, routing::get, Router};
+
+    let orders =
+        Router::new()
+            .route(
+                "/orders/{id}",
+                get(|Path((tenant, id)): Path<(String, String)>| async move {
+                    format!("{tenant}:{id}")
+                }),
+            )
+            .route_layer(ScopeLayer::new(Requirement::tenant(Tenant::path_segment(1))));
+    let app = Router::new().nest("/tenants/{tenant}", orders);
+    let call = |uri: &str| {
+        let mut request = Request::get(uri).body(axum::body::Body::empty()).unwrap();
+        request.extensions_mut().insert(Principal::builder("mallory").tenant("acme").build());
+        app.clone().oneshot(request)
+    };
+    assert_eq!(call("/tenants/acme/orders/7").await.unwrap().status(), StatusCode::OK);
+    for uri in ["/tenants/victim/orders/acme", "/tenants/victim/orders/7"] {
+        assert_eq!(call(uri).await.unwrap().status(), StatusCode::NOT_FOUND, "{uri}");
+    }
+}
