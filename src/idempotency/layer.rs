@@ -159,6 +159,10 @@ impl IdempotencyLayer {
                     header::LOCATION,
                     header::ETAG,
                     header::LAST_MODIFIED,
+                    // A replay carries the first response's caching rules: a `no-store` or
+                    // `private` response must not become cacheable when replayed.
+                    header::CACHE_CONTROL,
+                    header::VARY,
                 ],
                 store_status: Arc::new(default_store_status),
                 anonymous: None,
@@ -236,8 +240,8 @@ impl IdempotencyLayer {
     }
 
     /// Adds a response header to the ones stored and replayed (default `content-type`,
-    /// `content-language`, `location`, `etag`, `last-modified`). Others, `set-cookie` among
-    /// them, are not replayed.
+    /// `content-language`, `location`, `etag`, `last-modified`, `cache-control`, `vary`).
+    /// Others, `set-cookie` among them, are not replayed.
     pub fn add_replay_header(mut self, name: HeaderName) -> Self {
         self.config().replay_headers.push(name);
         self

@@ -31,6 +31,7 @@ fn created(body: String) -> Response<Full<Bytes>> {
     *response.status_mut() = StatusCode::CREATED;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     response.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_static("session=abc"));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
@@ -109,6 +110,7 @@ async fn suite_replay(layer: IdempotencyLayer) {
     assert_eq!(retry.headers()["idempotent-replayed"], "true");
     assert_eq!(retry.headers()[header::CONTENT_TYPE], "text/plain");
     assert!(retry.headers().get(header::SET_COOKIE).is_none(), "not in the replay allowlist");
+    assert_eq!(retry.headers()[header::CACHE_CONTROL], "no-store", "caching rules are replayed");
     assert_eq!(to_bytes(retry.into_body()).await, "order-1");
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 
