@@ -91,6 +91,8 @@ pub(crate) struct Facts<'a> {
     pub(crate) clock: &'a dyn Clock,
     pub(crate) uri: &'a Uri,
     pub(crate) headers: &'a HeaderMap,
+    /// Where axum's `OriginalUri` is, read only by a tenant path segment.
+    pub(crate) extensions: &'a http::Extensions,
 }
 
 impl Requirement {
@@ -466,13 +468,15 @@ impl Tenant {
         let deny = if self.hide { Verdict::Hidden } else { Verdict::TenantForbidden };
         let Some(tenant) = facts.principal.tenant() else { return deny };
         let matches = match &self.source {
-            TenantSource::PathSegment(index) => facts
-                .uri
-                .path()
-                .trim_start_matches('/')
-                .split('/')
-                .nth(*index)
-                .is_some_and(|segment| percent_decoded_eq(segment, tenant)),
+            // The path the client sent, also under an axum `nest` (see `original_uri`).
+            TenantSource::PathSegment(index) => {
+                crate::observe::original_uri(facts.extensions, facts.uri)
+                    .path()
+                    .trim_start_matches('/')
+                    .split('/')
+                    .nth(*index)
+                    .is_some_and(|segment| percent_decoded_eq(segment, tenant))
+            }
             TenantSource::Header(name) => {
                 let mut values = facts.headers.get_all(name).iter();
                 match (values.next(), values.next()) {
@@ -618,6 +622,7 @@ mod proptests {
             clock: &FakeClock::new(),
             uri: request.uri(),
             headers: request.headers(),
+            extensions: request.extensions(),
         };
         requirement.evaluate(&facts).0
     }

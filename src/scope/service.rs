@@ -118,9 +118,13 @@ pub(crate) fn decide<'c>(config: &'c Config, head: &Head<'_>) -> Option<&'c Reje
         denied("scope.denied", "unauthenticated", None, head, requirement);
         return Some(&config.unauthenticated);
     };
-    // The tenant's path segment counts in the path the client sent, also under a `nest`.
-    let uri = crate::observe::original_uri(head.extensions, head.uri);
-    let facts = Facts { principal, clock: &*config.clock, uri, headers: head.headers };
+    let facts = Facts {
+        principal,
+        clock: &*config.clock,
+        uri: head.uri,
+        headers: head.headers,
+        extensions: head.extensions,
+    };
     let (verdict, alternative) = compiled.requirement.evaluate(&facts);
     let (event, outcome, rejection) = match verdict {
         Verdict::Allow => {
