@@ -878,17 +878,27 @@ fn typ_and_max_lifetime() {
     );
 }
 
+/// A verifier of exactly these keys.
+fn with_keys(keys: [VerifyingKey; 2]) -> Jwt {
+    let [a, b] = keys;
+    builder(&FakeClock::new()).key(a).key(b).build().unwrap()
+}
+
+/// A token whose header names `alg` and `kid`, signed with `key`.
+fn signed(alg: Algorithm, kid: Option<&str>, key: &EncodingKey) -> String {
+    let mut header = jsonwebtoken::Header::new(alg);
+    header.kid = kid.map(Into::into);
+    mint_with(&header, &claims(), key)
+}
+
 #[test]
 fn kid_selects_the_key() {
-    let jwt = builder(&FakeClock::new())
-        .key(VerifyingKey::from_pem(Algorithm::RS256, RSA_PUBLIC).unwrap().with_kid("one"))
-        .key(VerifyingKey::from_pem(Algorithm::RS256, RSA2_PUBLIC).unwrap().with_kid("two"))
-        .build()
-        .unwrap();
+    let jwt = with_keys([
+        VerifyingKey::from_pem(Algorithm::RS256, RSA_PUBLIC).unwrap().with_kid("one"),
+        VerifyingKey::from_pem(Algorithm::RS256, RSA2_PUBLIC).unwrap().with_kid("two"),
+    ]);
     let sign = |kid: Option<&str>, private: &[u8]| {
-        let mut header = jsonwebtoken::Header::new(Algorithm::RS256);
-        header.kid = kid.map(Into::into);
-        mint_with(&header, &claims(), &EncodingKey::from_rsa_pem(private).unwrap())
+        signed(Algorithm::RS256, kid, &EncodingKey::from_rsa_pem(private).unwrap())
     };
     assert_accepted(&jwt, &sign(Some("one"), RSA_PRIVATE));
     assert_accepted(&jwt, &sign(Some("two"), RSA2_PRIVATE));
@@ -902,27 +912,17 @@ fn kid_selects_the_key() {
 /// the token's `kid` and its `alg`, and a third algorithm matches neither.
 #[test]
 fn a_kid_under_two_algorithms_selects_by_both() {
-    let jwt = builder(&FakeClock::new())
-        .key(VerifyingKey::from_pem(Algorithm::ES256, EC256_PUBLIC).unwrap().with_kid("k"))
-        .key(VerifyingKey::from_pem(Algorithm::EdDSA, ED_PUBLIC).unwrap().with_kid("k"))
-        .build()
-        .unwrap();
-    let sign = |alg: Algorithm, key: &EncodingKey| {
-        let mut header = jsonwebtoken::Header::new(alg);
-        header.kid = Some("k".into());
-        mint_with(&header, &claims(), key)
-    };
-    assert_accepted(
-        &jwt,
-        &sign(Algorithm::ES256, &EncodingKey::from_ec_pem(EC256_PRIVATE).unwrap()),
-    );
-    assert_accepted(&jwt, &sign(Algorithm::EdDSA, &EncodingKey::from_ed_pem(ED_PRIVATE).unwrap()));
+    let jwt = with_keys([
+        VerifyingKey::from_pem(Algorithm::ES256, EC256_PUBLIC).unwrap().with_kid("k"),
+        VerifyingKey::from_pem(Algorithm::EdDSA, ED_PUBLIC).unwrap().with_kid("k"),
+    ]);
+    let es256 = EncodingKey::from_ec_pem(EC256_PRIVATE).unwrap();
+    assert_accepted(&jwt, &signed(Algorithm::ES256, Some("k"), &es256));
+    let eddsa = EncodingKey::from_ed_pem(ED_PRIVATE).unwrap();
+    assert_accepted(&jwt, &signed(Algorithm::EdDSA, Some("k"), &eddsa));
     let rsa = EncodingKey::from_rsa_pem(RSA_PRIVATE).unwrap();
-    assert_rejected(
-        &jwt,
-        &sign(Algorithm::RS256, &rsa),
-        "jwt: alg does not match the key's algorithm",
-    );
+    let token = signed(Algorithm::RS256, Some("k"), &rsa);
+    assert_rejected(&jwt, &token, "jwt: alg does not match the key's algorithm");
 }
 
 #[test]
