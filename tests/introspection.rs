@@ -517,3 +517,37 @@ async fn chained_after_jwt_through_the_auth_layer() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(body.contains(r#""code":"service_unavailable""#), "{body}");
 }
+
+/// A call whose task died (its runtime shut down mid-call; a panic does the same) does not
+/// wedge that token: the next request makes a call of its own instead of waiting on the dead
+/// one for ever.
+#[test]
+fn a_call_whose_task_died_is_made_again() {
+    // An authorization server that accepts connections and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}/introspect", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for connection in listener.incoming() {
+            held.push(connection);
+        }
+    });
+    let introspection = Introspection::builder(&endpoint, CLIENT_ID, CLIENT_SECRET)
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let runtime = || tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+
+    let first = runtime();
+    first.block_on(async {
+        let waited =
+            tokio::time::timeout(Duration::from_millis(50), introspection.introspect("tok")).await;
+        assert!(waited.is_err(), "the call is still waiting for an answer");
+    });
+    drop(first); // the call's task dies with its runtime
+
+    let error = runtime().block_on(introspection.introspect("tok")).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::ServiceUnavailable);
+    let reason = error.reason().unwrap_or_default().to_owned();
+    assert!(!reason.contains("ended without a result"), "a new call ran: {reason}");
+}

@@ -264,8 +264,11 @@ impl Introspection {
         let flight = {
             let mut flights = inner.flights.lock().unwrap_or_else(PoisonError::into_inner);
             match flights.get(&digest) {
-                Some(flight) => flight.clone(),
-                None => {
+                // A flight clears its entry before it answers, so a closed channel is a task
+                // that died (a panic, its runtime shut down): start a new one rather than wait
+                // on it for ever.
+                Some(flight) if flight.has_changed().is_ok() => flight.clone(),
+                _ => {
                     let (tx, rx) = watch::channel(None);
                     flights.insert(digest, rx.clone());
                     tokio::spawn(Arc::clone(inner).resolve(digest, token, tx));

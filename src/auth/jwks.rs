@@ -516,7 +516,13 @@ impl Inner {
     ) -> Option<watch::Receiver<Option<Result<(), Error>>>> {
         let mut state = self.state();
         if let Some(fetch) = &state.in_flight {
-            return Some(fetch.clone());
+            // A finished fetch clears `in_flight` before it answers, so a closed channel here
+            // is a task that died (a panic, its runtime shut down): it will never answer, and
+            // joining it would wedge the source. Start anew.
+            if fetch.has_changed().is_ok() {
+                return Some(fetch.clone());
+            }
+            state.in_flight = None;
         }
         let since = |t: Option<Duration>| t.map_or(Duration::MAX, |t| now.saturating_sub(t));
         let allowed = match why {
