@@ -100,6 +100,11 @@ struct Stored {
 impl ApiKeys {
     /// An empty key table for keys starting with `prefix` (e.g. `sk_live`).
     ///
+    /// A table answers for every API key a request presents (`Authorization: ApiKey`, or its
+    /// key headers): a key with another prefix is refused (401 `invalid_token`), not passed to
+    /// the next authenticator, so a second table chained after this one never sees it. Keep
+    /// live and test keys in services of their own, or under one prefix.
+    ///
     /// # Errors
     ///
     /// `prefix` is empty, longer than 32 bytes, or not made of ASCII letters, digits and `_`.
