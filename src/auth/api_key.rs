@@ -201,22 +201,32 @@ impl ApiKeys {
         self.inner.keys.write().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The presented key, if this request carries one of ours.
+    /// The presented key, if this request carries one of ours. A key in the `Authorization`
+    /// header and another in a key header is a 400, not a guess at which one counts.
     fn credential<'a>(&self, request: &AuthRequest<'a>) -> Option<Result<&'a str, Error>> {
-        if let Some(authorization) = request.authorization() {
+        let from_header = self.header_credential(request);
+        let from_authorization = request.authorization().and_then(|authorization| {
             if authorization.is_scheme("ApiKey") {
-                return Some(Ok(authorization.credentials()));
+                return Some(authorization.credentials());
             }
-            if self.inner.accept_bearer && authorization.is_scheme("Bearer") {
-                let token = authorization.credentials();
-                let ours = token
+            let token = authorization.credentials();
+            let ours = self.inner.accept_bearer
+                && authorization.is_scheme("Bearer")
+                && token
                     .strip_prefix(&*self.inner.prefix)
                     .is_some_and(|rest| rest.starts_with('_'));
-                if ours {
-                    return Some(Ok(token));
-                }
-            }
+            ours.then_some(token)
+        });
+        match (from_authorization, from_header) {
+            (Some(_), Some(_)) => Some(Err(Error::new(ErrorKind::InvalidRequest)
+                .with_reason("api_key: a key in Authorization and in a key header"))),
+            (Some(key), None) => Some(Ok(key)),
+            (None, header) => header,
         }
+    }
+
+    /// The key of the first configured key header present.
+    fn header_credential<'a>(&self, request: &AuthRequest<'a>) -> Option<Result<&'a str, Error>> {
         for name in &self.inner.headers {
             let mut values = request.headers().get_all(name).iter();
             match (values.next(), values.next()) {
@@ -492,6 +502,25 @@ mod tests {
         let mut two = with(HeaderName::from_static("x-api-key"), generated.key());
         two.append(HeaderName::from_static("x-api-key"), HeaderValue::from_static("x"));
         assert!(verdict(&keys, &two).is_err());
+    }
+
+    #[test]
+    fn a_key_in_two_places_is_a_400_not_a_guess() {
+        let (keys, generated) = setup();
+        let other = generate("sk_live").unwrap();
+        keys.insert(other.id(), other.hash(), Principal::builder("other")).unwrap();
+        let mut both = with(header::AUTHORIZATION, &format!("ApiKey {}", generated.key()));
+        both.insert(HeaderName::from_static("x-api-key"), other.key().parse().unwrap());
+        let error = verdict(&keys, &both).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::InvalidRequest);
+        assert_eq!(error.reason(), Some("api_key: a key in Authorization and in a key header"));
+        // The same key twice is still two places.
+        both.insert(HeaderName::from_static("x-api-key"), generated.key().parse().unwrap());
+        assert_eq!(verdict(&keys, &both).unwrap_err().kind(), ErrorKind::InvalidRequest);
+        // A bearer token that is not ours does not count as a key.
+        let mut bearer = with(header::AUTHORIZATION, "Bearer eyJ.eyJ.sig");
+        bearer.insert(HeaderName::from_static("x-api-key"), other.key().parse().unwrap());
+        assert_eq!(verdict(&keys, &bearer).unwrap().unwrap().subject(), "other");
     }
 
     #[test]
