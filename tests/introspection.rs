@@ -114,7 +114,10 @@ async fn serve() -> (Arc<AuthServer>, String) {
 }
 
 fn builder(endpoint: &str, clock: &FakeClock) -> IntrospectionBuilder {
-    Introspection::builder(endpoint, CLIENT_ID, CLIENT_SECRET).with_clock(clock.clone())
+    Introspection::builder(endpoint, CLIENT_ID, CLIENT_SECRET)
+        .issuer("https://as.example")
+        .audience(["orders"])
+        .with_clock(clock.clone())
 }
 
 fn unix(clock: &FakeClock) -> u64 {
@@ -165,6 +168,8 @@ async fn client_authentication_is_checked_by_the_server() {
     let (server, endpoint) = serve().await;
     let clock = FakeClock::new();
     let wrong = Introspection::builder(&endpoint, CLIENT_ID, "wrong secret")
+        .issuer("https://as.example")
+        .audience(["orders"])
         .with_clock(clock.clone())
         .build()
         .unwrap();
@@ -533,6 +538,8 @@ fn a_call_whose_task_died_is_made_again() {
         }
     });
     let introspection = Introspection::builder(&endpoint, CLIENT_ID, CLIENT_SECRET)
+        .insecure_skip_issuer()
+        .insecure_skip_audience()
         .timeout(Duration::from_millis(300))
         .build()
         .unwrap();

@@ -8,12 +8,16 @@
 //!
 //! - `active: false` → [`ErrorKind::InvalidToken`];
 //! - `active: true` → a principal with [`AuthMethod::Introspection`]: subject from `sub` (or
-//!   `client_id` for client-credentials tokens without `sub`), scopes from the space-separated
+//!   `client_id` for client-credentials tokens without `sub`; a `sub` that is not a non-empty
+//!   string is refused), scopes from the space-separated
 //!   `scope`, `client_id`, the tenant from a configurable claim (default `tenant`), roles from
 //!   an optional claim, `auth_time`/`acr`/`amr` when present, and every member of the answer as
 //!   a claim;
-//! - `exp` and `nbf` are checked against the [`Clock`] (with a leeway, default 60 s), and
-//!   `iss` and `aud` when configured.
+//! - `exp` and `nbf` are checked against the [`Clock`] (with a leeway, default 60 s), `iss`
+//!   against the configured issuer and `aud` against the configured audiences. Both are
+//!   required, as for a [`Jwt`](super::jwt::Jwt): an authorization server that serves several
+//!   APIs would otherwise let a token issued for one of them into this one. A server whose
+//!   answers carry no `iss` or `aud` needs `insecure_skip_issuer` or `insecure_skip_audience`.
 //!
 //! **Fail closed.** An unreachable endpoint, a timeout (default 5 s), a status other than 200,
 //! a body over the size cap (default 64 KiB), or an answer without a boolean `active` is
@@ -146,6 +150,8 @@ struct Config {
     leeway: Duration,
     issuer: Option<String>,
     audiences: Vec<String>,
+    skip_issuer: bool,
+    skip_audience: bool,
     tenant_claim: String,
     roles_claim: Option<String>,
     insecure_http: bool,
@@ -202,6 +208,8 @@ impl Introspection {
                 leeway: DEFAULT_LEEWAY,
                 issuer: None,
                 audiences: Vec::new(),
+                skip_issuer: false,
+                skip_audience: false,
                 tenant_claim: "tenant".to_owned(),
                 roles_claim: None,
                 insecure_http: false,
@@ -352,15 +360,31 @@ impl IntrospectionBuilder {
         self
     }
 
-    /// Requires the answer's `iss` to equal `issuer`.
+    /// Requires the answer's `iss` to equal `issuer`. Required, unless
+    /// [`insecure_skip_issuer`](Self::insecure_skip_issuer).
     pub fn issuer(mut self, issuer: impl Into<String>) -> Self {
         self.config.issuer = Some(issuer.into());
         self
     }
 
     /// Requires the answer's `aud` (a string or an array) to contain one of `audiences`.
+    /// Required, unless [`insecure_skip_audience`](Self::insecure_skip_audience).
     pub fn audience(mut self, audiences: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.config.audiences = audiences.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Accepts an answer whatever its `iss`. Insecure where the endpoint answers for several
+    /// issuers; for a server whose answers carry no `iss`.
+    pub fn insecure_skip_issuer(mut self) -> Self {
+        self.config.skip_issuer = true;
+        self
+    }
+
+    /// Accepts an answer whatever its `aud`. Insecure: a token the authorization server
+    /// issued for another API is accepted; for a server whose answers carry no `aud`.
+    pub fn insecure_skip_audience(mut self) -> Self {
+        self.config.skip_audience = true;
         self
     }
 
@@ -401,15 +425,27 @@ impl IntrospectionBuilder {
     ///
     /// # Errors
     ///
-    /// When the endpoint URL is invalid or insecure, the client id or secret is empty, the
-    /// timeout, cache capacities or concurrency cap are zero, or the HTTP client cannot be
-    /// built.
+    /// When the endpoint URL is invalid or insecure, the client id or secret is empty, no
+    /// issuer or no audience is set (without the matching `insecure_skip_*`), the timeout,
+    /// cache capacities or concurrency cap are zero, or the HTTP client cannot be built.
     pub fn build(self) -> Result<Introspection, ConfigError> {
         let endpoint = self.endpoint?;
         let config = self.config;
         check_url(&endpoint, config.insecure_http).map_err(ConfigError::new)?;
         if self.client_id.is_empty() || self.client_secret.is_empty() {
             return Err(ConfigError::new("introspection client id and secret must not be empty"));
+        }
+        if config.issuer.is_none() && !config.skip_issuer {
+            return Err(ConfigError::new(
+                "introspection needs an issuer (IntrospectionBuilder::issuer), or \
+                 insecure_skip_issuer",
+            ));
+        }
+        if config.audiences.is_empty() && !config.skip_audience {
+            return Err(ConfigError::new(
+                "introspection needs an audience (IntrospectionBuilder::audience), or \
+                 insecure_skip_audience",
+            ));
         }
         if config.timeout.is_zero() {
             return Err(ConfigError::new("introspection timeout must not be zero"));
@@ -721,6 +757,11 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    /// For answers that carry neither `iss` nor `aud`.
+    fn unchecked(builder: IntrospectionBuilder) -> IntrospectionBuilder {
+        builder.insecure_skip_issuer().insecure_skip_audience()
+    }
     use crate::clock::FakeClock;
 
     fn client(clock: &FakeClock) -> Introspection {
@@ -750,7 +791,9 @@ mod tests {
     #[test]
     fn basic_credentials_are_encoded_then_base64() {
         let introspection =
-            Introspection::builder("https://as.example/i", "my client", "p:w+d").build().unwrap();
+            unchecked(Introspection::builder("https://as.example/i", "my client", "p:w+d"))
+                .build()
+                .unwrap();
         let expected = format!("Basic {}", STANDARD.encode("my+client:p%3Aw%2Bd"));
         assert_eq!(introspection.inner.authorization, expected.as_str());
         assert!(introspection.inner.authorization.is_sensitive());
@@ -758,7 +801,8 @@ mod tests {
 
     #[test]
     fn debug_never_prints_the_secret() {
-        let builder = Introspection::builder("https://as.example/i", "api", "s3cr3t-value");
+        let builder =
+            unchecked(Introspection::builder("https://as.example/i", "api", "s3cr3t-value"));
         assert!(!format!("{builder:?}").contains("s3cr3t"));
         let debug = format!("{:?}", builder.build().unwrap());
         assert!(!debug.contains("s3cr3t"), "{debug}");
@@ -767,25 +811,33 @@ mod tests {
 
     #[test]
     fn builder_refuses_insecure_or_empty_config() {
-        let build =
-            |url: &str, id: &str, secret: &str| Introspection::builder(url, id, secret).build();
+        let build = |url: &str, id: &str, secret: &str| {
+            unchecked(Introspection::builder(url, id, secret)).build()
+        };
         assert!(build("http://as.example/i", "a", "b").is_err());
         assert!(build("http://127.0.0.1:1/i", "a", "b").is_ok());
         assert!(build("https://as.example/i", "", "b").is_err());
         assert!(build("https://as.example/i", "a", "").is_err());
         assert!(build("nope", "a", "b").is_err());
-        assert!(Introspection::builder("http://as.example/i", "a", "b")
+        assert!(unchecked(Introspection::builder("http://as.example/i", "a", "b"))
             .insecure_allow_http()
             .build()
             .is_ok());
-        assert!(Introspection::builder("https://as.example/i", "a", "b")
+        assert!(unchecked(Introspection::builder("https://as.example/i", "a", "b"))
             .cache_capacity(0)
             .build()
             .is_err());
-        assert!(Introspection::builder("https://as.example/i", "a", "b")
+        assert!(unchecked(Introspection::builder("https://as.example/i", "a", "b"))
             .timeout(Duration::ZERO)
             .build()
             .is_err());
+        // Issuer and audience are required, or skipped by name.
+        let bare = || Introspection::builder("https://as.example/i", "a", "b");
+        let error = bare().audience(["orders"]).build().unwrap_err();
+        assert!(error.message().contains("insecure_skip_issuer"), "{error}");
+        let error = bare().issuer("https://as.example").build().unwrap_err();
+        assert!(error.message().contains("insecure_skip_audience"), "{error}");
+        assert!(bare().insecure_skip_issuer().insecure_skip_audience().build().is_ok());
     }
 
     #[test]
@@ -817,7 +869,7 @@ mod tests {
     #[test]
     fn subject_falls_back_to_client_id() {
         let clock = FakeClock::new();
-        let introspection = Introspection::builder("https://as.example/i", "a", "b")
+        let introspection = unchecked(Introspection::builder("https://as.example/i", "a", "b"))
             .with_clock(clock)
             .build()
             .unwrap();
