@@ -145,7 +145,9 @@ pub trait Revocation: fmt::Debug + Send + Sync + 'static {
     fn revoke_jti(&self, jti: &str, expires_at: SystemTime) -> BoxRevocationFuture<()>;
 
     /// Revokes every token of `subject` issued before `issued_before` ("log out everywhere"),
-    /// remembered for `ttl` (at least the longest lifetime of a token).
+    /// remembered for `ttl` (at least the longest lifetime of a token). The built-in stores
+    /// round `issued_before` up to a whole second, as `iat` has whole seconds only: a token
+    /// of the same second is revoked.
     fn revoke_subject(
         &self,
         subject: &str,
@@ -329,7 +331,7 @@ impl Revocation for MemoryRevocation {
         ttl: Duration,
     ) -> BoxRevocationFuture<()> {
         let expires = self.now().saturating_add(ttl.as_secs());
-        let before = unix(issued_before);
+        let before = unix_rounded_up(issued_before);
         let result = self.insert(|state| {
             let entry = state.subjects.entry(subject.into()).or_insert((before, expires));
             entry.0 = entry.0.max(before);
@@ -341,6 +343,15 @@ impl Revocation for MemoryRevocation {
 
 pub(crate) fn unix(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// A "revoke what was issued before" instant in whole seconds, rounded up: `iat` has whole
+/// seconds only, so a token issued earlier in the same second as the revocation (`iat` = that
+/// second) must count as before it. One issued later in that second counts too: a fresh login
+/// in the second of a "log out everywhere" logs in again.
+fn unix_rounded_up(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0)))
 }
 
 #[cfg(test)]
@@ -382,6 +393,16 @@ mod tests {
         clock.advance(Duration::from_secs(1));
         assert!(!revoked(&store, &RevocationQuery { issued_at: Some(clock.now()), ..q }));
         assert!(!revoked(&store, &RevocationQuery { subject: "bob", ..q }));
+
+        // `iat` has whole seconds: a token of the revocation's second (issued before it, at
+        // .2 s) is revoked; the next second's is not.
+        let second = clock.now() + Duration::from_secs(5);
+        let logout = second + Duration::from_millis(900);
+        store.revoke_subject("carol", logout, Duration::from_secs(3600)).await.unwrap();
+        let carol = RevocationQuery { jti: None, subject: "carol", issued_at: Some(second) };
+        assert!(revoked(&store, &carol));
+        let next = Some(second + Duration::from_secs(1));
+        assert!(!revoked(&store, &RevocationQuery { issued_at: next, ..carol }));
     }
 
     #[tokio::test]
@@ -415,7 +436,9 @@ mod redis_store {
     use redis::aio::ConnectionManager;
     use sha2::{Digest, Sha256};
 
-    use super::{unix, BoxRevocationFuture, Revocation, RevocationCheck, RevocationQuery};
+    use super::{
+        unix, unix_rounded_up, BoxRevocationFuture, Revocation, RevocationCheck, RevocationQuery,
+    };
     use crate::{
         clock::{Clock, SystemClock},
         Error, ErrorKind,
@@ -599,7 +622,7 @@ return 1
             ttl: Duration,
         ) -> BoxRevocationFuture<()> {
             let key = self.key("sub", subject);
-            let before = unix(issued_before);
+            let before = unix_rounded_up(issued_before);
             let ttl = ttl.as_secs().max(1);
             let script = Arc::clone(&self.subject_script);
             let mut connection = self.connection.clone();
@@ -671,6 +694,17 @@ return 1
             assert!(check(&store, RevocationQuery { issued_at: None, ..bob }).await.unwrap());
             let fresh = RevocationQuery { issued_at: Some(later + Duration::from_secs(1)), ..bob };
             assert!(!check(&store, fresh).await.unwrap());
+            // A token of the revocation's own second (iat in whole seconds) is revoked.
+            store
+                .revoke_subject(
+                    "bob",
+                    later + Duration::from_millis(900),
+                    Duration::from_secs(3600),
+                )
+                .await
+                .unwrap();
+            let same_second = RevocationQuery { issued_at: Some(later), ..bob };
+            assert!(check(&store, same_second).await.unwrap());
 
             let _: () = redis::cmd("DEL")
                 .arg(store.key("jti", "t1"))
