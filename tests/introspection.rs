@@ -1,6 +1,8 @@
 //! `Introspection` against a real RFC 7662 endpoint stand-in on 127.0.0.1.
 #![cfg(feature = "introspection")]
 
+mod common;
+
 use std::{
     collections::HashMap,
     sync::{
@@ -529,23 +531,15 @@ async fn chained_after_jwt_through_the_auth_layer() {
 #[test]
 fn a_call_whose_task_died_is_made_again() {
     // An authorization server that accepts connections and never answers.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let endpoint = format!("http://{}/introspect", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for connection in listener.incoming() {
-            held.push(connection);
-        }
-    });
+    let endpoint = format!("http://{}/introspect", common::silent_server());
     let introspection = Introspection::builder(&endpoint, CLIENT_ID, CLIENT_SECRET)
         .insecure_skip_issuer()
         .insecure_skip_audience()
         .timeout(Duration::from_millis(300))
         .build()
         .unwrap();
-    let runtime = || tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
 
-    let first = runtime();
+    let first = common::runtime();
     first.block_on(async {
         let waited =
             tokio::time::timeout(Duration::from_millis(50), introspection.introspect("tok")).await;
@@ -553,7 +547,7 @@ fn a_call_whose_task_died_is_made_again() {
     });
     drop(first); // the call's task dies with its runtime
 
-    let error = runtime().block_on(introspection.introspect("tok")).unwrap_err();
+    let error = common::runtime().block_on(introspection.introspect("tok")).unwrap_err();
     assert_eq!(error.kind(), ErrorKind::ServiceUnavailable);
     let reason = error.reason().unwrap_or_default().to_owned();
     assert!(!reason.contains("ended without a result"), "a new call ran: {reason}");

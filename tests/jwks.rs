@@ -1,6 +1,8 @@
 //! `RemoteJwks` against a real identity provider stand-in on 127.0.0.1.
 #![cfg(feature = "jwks")]
 
+mod common;
+
 use std::{
     net::SocketAddr,
     sync::{
@@ -629,25 +631,17 @@ async fn inline_jwk_set_verifies_tokens() {
 #[test]
 fn a_fetch_whose_task_died_is_started_again() {
     // An identity provider that accepts connections and never answers.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/jwks", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for connection in listener.incoming() {
-            held.push(connection);
-        }
-    });
+    let url = format!("http://{}/jwks", common::silent_server());
     let jwks = RemoteJwks::from_url(&url).timeout(Duration::from_millis(300)).build().unwrap();
-    let runtime = || tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
 
-    let first = runtime();
+    let first = common::runtime();
     first.block_on(async {
         let waited = tokio::time::timeout(Duration::from_millis(50), jwks.refresh()).await;
         assert!(waited.is_err(), "the fetch is still waiting for an answer");
     });
     drop(first); // the fetch task dies with its runtime
 
-    let error = runtime().block_on(jwks.refresh()).unwrap_err();
+    let error = common::runtime().block_on(jwks.refresh()).unwrap_err();
     assert_eq!(error.kind(), ErrorKind::ServiceUnavailable);
     let reason = error.reason().unwrap_or_default().to_owned();
     assert!(reason.contains("timed out"), "a new fetch ran (and timed out): {reason}");

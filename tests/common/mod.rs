@@ -81,6 +81,26 @@ impl Example {
     }
 }
 
+/// A server on 127.0.0.1 that accepts connections and never answers (an identity provider
+/// or authorization server that hangs); returns its address. It lives until the test binary
+/// exits.
+pub fn silent_server() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for connection in listener.incoming() {
+            held.push(connection);
+        }
+    });
+    addr
+}
+
+/// A current-thread Tokio runtime with time and I/O, for tests that drop one mid-call.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
 impl Drop for Example {
     fn drop(&mut self) {
         let _ = self.child.kill();
