@@ -972,12 +972,11 @@ fn verify_signature<'a, 'k>(
 /// from them).
 fn numeric_date(value: &Value) -> Option<u64> {
     const MAX: u64 = 253_402_300_799; // 9999-12-31T23:59:59Z
-    let secs = match value {
-        Value::Number(n) => n.as_u64().or_else(|| {
-            n.as_f64().filter(|f| f.is_finite() && *f >= 0.0 && *f < 1e15).map(|f| f as u64)
-        }),
-        _ => None,
-    };
+    let Value::Number(n) = value else { return None };
+    let secs = n.as_u64().or_else(|| {
+        // NaN and infinities fail the range check; `as` truncates the fraction.
+        n.as_f64().filter(|f| (0.0..=MAX as f64).contains(f)).map(|f| f as u64)
+    });
     secs.filter(|&secs| secs <= MAX)
 }
 

@@ -91,11 +91,12 @@ pub(crate) enum Caller {
     /// An authenticated principal (or its API key).
     Principal {
         kind: &'static str,
-        /// How the caller authenticated and who vouched for it: the auth method, the token's
-        /// `iss` and its client id. A subject is only unique within one issuer (OIDC), and an
-        /// introspected client without `sub` is named by its `client_id`: without these, two
-        /// callers with the same subject string would share records.
-        origin: [Option<String>; 3],
+        /// How the caller authenticated and who vouched for it: the auth method, then the
+        /// token's `iss` and its client id. A subject is only unique within one issuer (OIDC),
+        /// and an introspected client without `sub` is named by its `client_id`: without
+        /// these, two callers with the same subject string would share records.
+        method: &'static str,
+        origin: [Option<String>; 2],
         tenant: Option<String>,
         id: String,
     },
@@ -106,24 +107,15 @@ pub(crate) enum Caller {
 impl Caller {
     pub(crate) fn of(principal: &Principal) -> Self {
         let tenant = principal.tenant().map(str::to_owned);
-        let method = principal.auth_method();
+        let auth_method = principal.auth_method();
+        let method = auth_method.as_str();
         let issuer = principal.claim("iss").and_then(serde_json::Value::as_str);
-        let origin = [
-            Some(method.as_str().to_owned()),
-            issuer.map(str::to_owned),
-            principal.client_id().map(str::to_owned),
-        ];
-        match (method, principal.key_id()) {
-            (AuthMethod::ApiKey, Some(key_id)) => {
-                Self::Principal { kind: "api_key", origin, tenant, id: key_id.to_owned() }
-            }
-            _ => Self::Principal {
-                kind: "subject",
-                origin,
-                tenant,
-                id: principal.subject().to_owned(),
-            },
-        }
+        let origin = [issuer.map(str::to_owned), principal.client_id().map(str::to_owned)];
+        let (kind, id) = match (auth_method, principal.key_id()) {
+            (AuthMethod::ApiKey, Some(key_id)) => ("api_key", key_id),
+            _ => ("subject", principal.subject()),
+        };
+        Self::Principal { kind, method, origin, tenant, id: id.to_owned() }
     }
 
     /// `subject`, `api_key` or `anonymous`, for logs.
@@ -146,8 +138,9 @@ pub(crate) fn record_key(caller: &Caller, method: &Method, path: &str, key: &[u8
     let mut hasher = Sha256::new();
     field(&mut hasher, b"tower-shield/idempotency/v2");
     match caller {
-        Caller::Principal { kind, origin, tenant, id } => {
+        Caller::Principal { kind, method, origin, tenant, id } => {
             field(&mut hasher, kind.as_bytes());
+            field(&mut hasher, method.as_bytes());
             for part in origin.iter().chain([tenant]) {
                 field(&mut hasher, part.as_deref().unwrap_or("").as_bytes());
                 hasher.update([u8::from(part.is_some())]);
@@ -262,18 +255,19 @@ mod tests {
 
     #[test]
     fn record_keys_separate_callers_routes_and_keys() {
-        let caller = |id: &str, origin: [Option<&str>; 3]| Caller::Principal {
+        let caller = |id: &str, origin: [Option<&str>; 2]| Caller::Principal {
             kind: "subject",
+            method: "jwt",
             origin: origin.map(|part| part.map(str::to_owned)),
             tenant: None,
             id: id.into(),
         };
-        let alice = caller("alice", [Some("jwt"), Some("https://idp-a.test"), None]);
-        let bob = caller("bob", [Some("jwt"), Some("https://idp-a.test"), None]);
-        let other_issuer = caller("alice", [Some("jwt"), Some("https://idp-b.test"), None]);
-        let no_issuer = caller("alice", [Some("jwt"), None, None]);
-        let empty_issuer = caller("alice", [Some("jwt"), Some(""), None]);
-        let with_client = caller("alice", [Some("jwt"), Some("https://idp-a.test"), Some("app")]);
+        let alice = caller("alice", [Some("https://idp-a.test"), None]);
+        let bob = caller("bob", [Some("https://idp-a.test"), None]);
+        let other_issuer = caller("alice", [Some("https://idp-b.test"), None]);
+        let no_issuer = caller("alice", [None, None]);
+        let empty_issuer = caller("alice", [Some(""), None]);
+        let with_client = caller("alice", [Some("https://idp-a.test"), Some("app")]);
         let anon = Caller::Anonymous("alice".into());
         let base = record_key(&alice, &Method::POST, "/orders", b"k");
         assert_eq!(base, record_key(&alice, &Method::POST, "/orders", b"k"));
